@@ -1,1 +1,40 @@
-fn main() {}
+//! `tern`: BitNet b1.58 ternary models on CPUs.
+
+mod bench_kernels;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tern", version, about = "BitNet b1.58 (ternary) LLM toolkit", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measurements, llama-bench style.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Ternary vs f16 vs f32 GEMV/GEMM on real model shapes, plus the read-bandwidth roofline.
+    Kernels(bench_kernels::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Bench {
+            what: BenchWhat::Kernels(args),
+        } => bench_kernels::run(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("tern: error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -50,7 +50,7 @@ impl QuantizedActs {
         self.data.as_ref().map_or(&[], |d| d.as_slice())
     }
 
-    /// Makes room for `n x k` (zeroing the padding), keeping the allocation when it fits.
+    /// Makes room for `n x k`, keeping the allocation when it fits (callers zero the padding).
     fn reshape(&mut self, n: usize, k: usize) {
         let stride = k.div_ceil(ACT_ALIGN).max(1) * ACT_ALIGN;
         let len = n * stride;
@@ -103,14 +103,23 @@ pub fn quantize_acts_with(
     pool: &ThreadPool,
     isa: Isa,
 ) {
-    assert_eq!(x.len(), n * k, "quantize_acts: x has {} values, expected {n}x{k}", x.len());
+    assert_eq!(
+        x.len(),
+        n * k,
+        "quantize_acts: x has {} values, expected {n}x{k}",
+        x.len()
+    );
     out.reshape(n, k);
     let stride = out.stride;
     let data = crate::pool::SyncPtr(out.data.as_mut().unwrap().as_mut_slice().as_mut_ptr());
     let scales = crate::pool::SyncPtr(out.scales.as_mut_ptr());
     let sums = crate::pool::SyncPtr(out.sums.as_mut_ptr());
     // Small inputs (decode) are not worth waking a worker for.
-    let tasks = if n * k < 1 << 15 { 1 } else { n.min(pool.threads() * 4) };
+    let tasks = if n * k < 1 << 15 {
+        1
+    } else {
+        n.min(pool.threads() * 4)
+    };
     pool.run(tasks, &|task| {
         let rows = split(n, tasks, task);
         for t in rows {
@@ -119,12 +128,14 @@ pub fn quantize_acts_with(
             // `pool.run`, which returns only after every task has finished.
             let (row, scale, sum) = unsafe {
                 (
-                    std::slice::from_raw_parts_mut(data.get().add(t * stride).cast::<i8>(), k),
+                    std::slice::from_raw_parts_mut(data.get().add(t * stride).cast::<i8>(), stride),
                     &mut *scales.get().add(t),
                     &mut *sums.get().add(t),
                 )
             };
-            (*scale, *sum) = quantize_row(&x[t * k..(t + 1) * k], row, isa);
+            // The buffer may hold a wider earlier input: kernels read whole padded rows.
+            row[k..].fill(0);
+            (*scale, *sum) = quantize_row(&x[t * k..(t + 1) * k], &mut row[..k], isa);
         }
     });
 }

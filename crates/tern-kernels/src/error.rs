@@ -14,7 +14,9 @@ pub enum KernelError {
     },
     #[error("{format}: {what}")]
     Shape { format: &'static str, what: String },
-    #[error("{format}: invalid value {value} at element {index} (ternary values must be -1, 0 or 1)")]
+    #[error(
+        "{format}: invalid value {value} at element {index} (ternary values must be -1, 0 or 1)"
+    )]
     NotTernary {
         format: &'static str,
         index: usize,

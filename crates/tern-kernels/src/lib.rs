@@ -15,6 +15,7 @@
 
 pub mod actquant;
 pub mod aligned;
+pub mod bandwidth;
 pub mod cpu;
 pub mod dense;
 pub mod error;

@@ -116,7 +116,8 @@ impl ThreadPool {
         let s = &*self.shared;
         // SAFETY: erasing the lifetime is sound because this function does not return before
         // `pending` is back to 0, i.e. before every worker has stopped using the pointer.
-        let f_static: *const Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f) };
+        let f_static: *const Job =
+            unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f) };
         // SAFETY: no worker is inside a job (pending == 0 since the previous run returned).
         unsafe { *s.job.get() = Some(f_static) };
         s.n_tasks.store(n_tasks, Relaxed);
@@ -218,7 +219,10 @@ mod tests {
                 pool.run(n, &|i| {
                     hits[i].fetch_add(1, Relaxed);
                 });
-                assert!(hits.iter().all(|h| h.load(Relaxed) == 1), "threads {threads} n {n}");
+                assert!(
+                    hits.iter().all(|h| h.load(Relaxed) == 1),
+                    "threads {threads} n {n}"
+                );
             }
         }
     }

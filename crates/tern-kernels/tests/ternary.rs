@@ -21,7 +21,11 @@ fn random_acts(n: usize, k: usize, rng: &mut Rng, extremes: bool) -> QuantizedAc
     QuantizedActs::from_parts(n, k, &q, &scales)
 }
 
-fn check_all_paths(w: &TernaryMatrix, x: &QuantizedActs, pools: &[ThreadPool]) -> Result<(), TestCaseError> {
+fn check_all_paths(
+    w: &TernaryMatrix,
+    x: &QuantizedActs,
+    pools: &[ThreadPool],
+) -> Result<(), TestCaseError> {
     let mut want = vec![0f32; x.n * w.rows];
     matmul_reference(w, x, &mut want);
     for layout in Layout::ALL {
@@ -30,7 +34,10 @@ fn check_all_paths(w: &TernaryMatrix, x: &QuantizedActs, pools: &[ThreadPool]) -
             for pool in pools {
                 let mut got = vec![f32::NAN; x.n * w.rows];
                 matmul_with(&p, x, &mut got, pool, isa);
-                let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
                 prop_assert!(
                     same,
                     "{} {} threads={} m={} k={} n={}",
@@ -112,9 +119,15 @@ fn quantize_then_matmul_matches_float_within_quantization_error() {
     for t in 0..n {
         let step = 1.0 / q.scales[t] as f64;
         for o in 0..m {
-            let exact: f64 = (0..k).map(|j| w.values[o * k + j] as f64 * w.gamma as f64 * x[t * k + j] as f64).sum();
+            let exact: f64 = (0..k)
+                .map(|j| w.values[o * k + j] as f64 * w.gamma as f64 * x[t * k + j] as f64)
+                .sum();
             let bound = 0.5 * step * w.gamma as f64 * k as f64 + 1e-4;
-            assert!((y[t * m + o] as f64 - exact).abs() <= bound, "t {t} o {o}: {} vs {exact}", y[t * m + o]);
+            assert!(
+                (y[t * m + o] as f64 - exact).abs() <= bound,
+                "t {t} o {o}: {} vs {exact}",
+                y[t * m + o]
+            );
         }
     }
 }
@@ -179,7 +192,9 @@ fn activation_quantization_follows_bitnet_reference() {
     let pool = ThreadPool::new(2);
     // Ties go to even (0.5 -> 0, 1.5 -> 2), the absmax maps to exactly 127, the 1e-5 floor
     // keeps an all-zero row finite.
-    let x = [127.0f32, 0.5, 1.5, -2.5, -127.0, 63.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+    let x = [
+        127.0f32, 0.5, 1.5, -2.5, -127.0, 63.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+    ];
     for isa in Isa::available() {
         let mut q = QuantizedActs::new();
         quantize_acts_with(&x, 2, 6, &mut q, &pool, isa);

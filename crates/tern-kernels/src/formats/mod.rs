@@ -42,7 +42,11 @@ impl TernaryMatrix {
                 ),
             });
         }
-        if let Some((index, &v)) = values.iter().enumerate().find(|(_, v)| !(-1..=1).contains(*v)) {
+        if let Some((index, &v)) = values
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !(-1..=1).contains(*v))
+        {
             return Err(KernelError::NotTernary {
                 format: "ternary",
                 index,

@@ -16,11 +16,19 @@ pub(crate) unsafe fn run(job: &Job) {
     for g in job.groups.clone() {
         let mut t = 0;
         while t + 2 <= n {
-            if b3 { tile::<true, 2>(job, g, t) } else { tile::<false, 2>(job, g, t) }
+            if b3 {
+                tile::<true, 2>(job, g, t)
+            } else {
+                tile::<false, 2>(job, g, t)
+            }
             t += 2;
         }
         if t < n {
-            if b3 { tile::<true, 1>(job, g, t) } else { tile::<false, 1>(job, g, t) }
+            if b3 {
+                tile::<true, 1>(job, g, t)
+            } else {
+                tile::<false, 1>(job, g, t)
+            }
         }
     }
 }
@@ -70,7 +78,10 @@ unsafe fn tile<const B3: bool, const T: usize>(job: &Job, g: usize, t0: usize) {
             }
             for t in 0..T {
                 // Zero-padded activation rows make the quad always in bounds.
-                let quad = xbase.add(t * stride + b * bc + 4 * i).cast::<i32>().read_unaligned();
+                let quad = xbase
+                    .add(t * stride + b * bc + 4 * i)
+                    .cast::<i32>()
+                    .read_unaligned();
                 let xb = _mm256_set1_epi32(quad);
                 for h in 0..2 {
                     s16[h][t] = _mm256_add_epi16(s16[h][t], _mm256_maddubs_epi16(c[h], xb));

@@ -11,6 +11,9 @@ use std::arch::x86_64::*;
 /// Tokens per tile for GEMM.
 const T_GEMM: usize = 8;
 
+/// How far ahead (bytes) the decode kernel prefetches each group's stream.
+const PREFETCH_AHEAD: usize = 1024;
+
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VNNI; `job` as produced by `matmul_with`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -93,7 +96,12 @@ unsafe fn tile<const B3: bool, const G: usize, const T: usize>(job: &Job, g0: us
     let blocks = job.w.blocks();
     let bc = if B3 { 20 } else { 16 };
     let stride = job.x.stride;
-    let wbase = job.w.data.as_slice().as_ptr().add(g0 * blocks * BLOCK_BYTES);
+    let wbase = job
+        .w
+        .data
+        .as_slice()
+        .as_ptr()
+        .add(g0 * blocks * BLOCK_BYTES);
     let xbase = job.x.bytes().as_ptr().add(t0 * stride);
     let mut acc = [[_mm512_setzero_si512(); T]; G];
     for b in 0..blocks {
@@ -101,7 +109,14 @@ unsafe fn tile<const B3: bool, const G: usize, const T: usize>(job: &Job, g0: us
         for (gi, p) in p.iter_mut().enumerate() {
             // SAFETY (of the loads here and below): block (g0 + gi, b) lies inside the packed
             // data because g0 + G <= groups; blocks are 64-byte aligned (AlignedBytes).
-            *p = _mm512_load_si512(wbase.add((gi * blocks + b) * BLOCK_BYTES).cast());
+            let src = wbase.add((gi * blocks + b) * BLOCK_BYTES);
+            if T == 1 {
+                // Decode is a DRAM stream per group; the hardware prefetcher alone leaves it
+                // latency-bound, so ask for lines a few blocks ahead. Prefetches never fault,
+                // so running past the end of the data is harmless.
+                _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(PREFETCH_AHEAD).cast());
+            }
+            *p = _mm512_load_si512(src.cast());
         }
         let planes = if B3 { 5 } else { 4 };
         for i in 0..planes {
@@ -119,7 +134,10 @@ unsafe fn tile<const B3: bool, const G: usize, const T: usize>(job: &Job, g0: us
             for t in 0..T {
                 // Activation rows are zero-padded to `stride` >= blocks * bc, so the quad at
                 // b * bc + 4 i is always in bounds.
-                let quad = xbase.add(t * stride + b * bc + 4 * i).cast::<i32>().read_unaligned();
+                let quad = xbase
+                    .add(t * stride + b * bc + 4 * i)
+                    .cast::<i32>()
+                    .read_unaligned();
                 let xb = _mm512_set1_epi32(quad);
                 for gi in 0..G {
                     acc[gi][t] = _mm512_dpbusd_epi32(acc[gi][t], c[gi], xb);

@@ -19,11 +19,11 @@
 //! padded to a multiple of 16 and columns to a multiple of the block width with code 1
 //! (weight 0), so kernels never branch on tails inside a group.
 
-mod portable;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod portable;
 
 use crate::actquant::QuantizedActs;
 use crate::aligned::AlignedBytes;
@@ -108,7 +108,8 @@ impl PackedTernary {
                                 .map(|i| code(r, 16 * b + 4 * i + j) << (2 * i))
                                 .fold(0, |a, c| a | c),
                             Layout::Tern3 => {
-                                let v = (0..5).fold(0u32, |v, i| v * 3 + code(r, 20 * b + 4 * i + j) as u32);
+                                let v = (0..5)
+                                    .fold(0u32, |v, i| v * 3 + code(r, 20 * b + 4 * i + j) as u32);
                                 base3_byte(v)
                             }
                         };
@@ -209,7 +210,12 @@ impl PackedTernary {
         };
         if self.layout == Layout::Tern3 {
             // Each byte must decode to v < 243 and re-encode to itself.
-            if let Some(pos) = self.data.as_slice().iter().position(|&b| base3_byte(base3_value(b)) != b) {
+            if let Some(pos) = self
+                .data
+                .as_slice()
+                .iter()
+                .position(|&b| base3_byte(base3_value(b)) != b)
+            {
                 return Err(KernelError::Invalid {
                     format: "tern3",
                     what: format!("byte {pos} is not a valid base-3 group"),
@@ -267,10 +273,31 @@ pub fn matmul(w: &PackedTernary, x: &QuantizedActs, y: &mut [f32], pool: &Thread
 /// As [`matmul`] with a chosen instruction set; every set gives bit-identical results.
 ///
 /// Panics if `isa` is not supported by this CPU or the shapes disagree (programming errors).
-pub fn matmul_with(w: &PackedTernary, x: &QuantizedActs, y: &mut [f32], pool: &ThreadPool, isa: Isa) {
-    assert!(isa.is_supported(), "{} kernels are not supported on this CPU", isa.name());
-    assert_eq!(x.k, w.cols, "ternary matmul: activations have k={}, weights {} columns", x.k, w.cols);
-    assert_eq!(y.len(), x.n * w.rows, "ternary matmul: output has {} floats, expected {}x{}", y.len(), x.n, w.rows);
+pub fn matmul_with(
+    w: &PackedTernary,
+    x: &QuantizedActs,
+    y: &mut [f32],
+    pool: &ThreadPool,
+    isa: Isa,
+) {
+    assert!(
+        isa.is_supported(),
+        "{} kernels are not supported on this CPU",
+        isa.name()
+    );
+    assert_eq!(
+        x.k, w.cols,
+        "ternary matmul: activations have k={}, weights {} columns",
+        x.k, w.cols
+    );
+    assert_eq!(
+        y.len(),
+        x.n * w.rows,
+        "ternary matmul: output has {} floats, expected {}x{}",
+        y.len(),
+        x.n,
+        w.rows
+    );
     let groups = w.groups();
     if groups == 0 || x.n == 0 {
         return;
@@ -289,8 +316,17 @@ pub fn matmul_with(w: &PackedTernary, x: &QuantizedActs, y: &mut [f32], pool: &T
     pool.run(tasks, &|task| {
         // Keep runs even so two-group tiles stay paired.
         let lo = (groups * task / tasks) & !1;
-        let hi = if task + 1 == tasks { groups } else { (groups * (task + 1) / tasks) & !1 };
-        let job = Job { w, x, out, groups: lo..hi };
+        let hi = if task + 1 == tasks {
+            groups
+        } else {
+            (groups * (task + 1) / tasks) & !1
+        };
+        let job = Job {
+            w,
+            x,
+            out,
+            groups: lo..hi,
+        };
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `isa.is_supported()` was asserted above, so the CPU has the features the
@@ -344,7 +380,12 @@ pub fn matmul_reference(w: &TernaryMatrix, x: &QuantizedActs, y: &mut [f32]) {
     for t in 0..x.n {
         let xr = x.row(t);
         for o in 0..w.rows {
-            let acc: i32 = w.row(o).iter().zip(xr).map(|(&q, &v)| q as i32 * v as i32).sum();
+            let acc: i32 = w
+                .row(o)
+                .iter()
+                .zip(xr)
+                .map(|(&q, &v)| q as i32 * v as i32)
+                .sum();
             y[t * w.rows + o] = (acc as f32 / x.scales[t]) * w.gamma;
         }
     }

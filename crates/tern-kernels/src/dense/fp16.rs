@@ -1,0 +1,452 @@
+//! f16 weights with f32 activations and outputs: half the bytes of f32 per weight, converted to
+//! f32 in registers (`vcvtph2ps`) and accumulated in f32.
+
+use super::fp32::{dot_portable, gemm_xwt};
+use super::{check_isa, run_rows};
+use crate::cpu::Isa;
+use crate::pool::{SyncPtr, ThreadPool};
+use half::f16;
+use std::cell::Cell;
+
+#[cfg(target_arch = "x86_64")]
+use super::fp32::{hsum_avx2, tail_mask_avx2};
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// `y[o] = sum_j w[o*k + j] * x[j]` for `o < m` with f16 weights, threaded over output rows.
+pub fn gemv_f16(w: &[f16], m: usize, k: usize, x: &[f32], y: &mut [f32], pool: &ThreadPool) {
+    gemv(w, m, k, x, y, pool, Isa::detect());
+}
+
+/// As [`gemv_f16`] with a chosen instruction set. Panics if this CPU does not support `isa`.
+pub fn gemv_f16_with(
+    w: &[f16],
+    m: usize,
+    k: usize,
+    x: &[f32],
+    y: &mut [f32],
+    pool: &ThreadPool,
+    isa: Isa,
+) {
+    check_isa(isa, "gemv_f16_with");
+    gemv(w, m, k, x, y, pool, isa);
+}
+
+fn gemv(w: &[f16], m: usize, k: usize, x: &[f32], y: &mut [f32], pool: &ThreadPool, isa: Isa) {
+    assert_eq!(w.len(), m * k, "gemv_f16: w is not {m}x{k}");
+    assert_eq!(x.len(), k, "gemv_f16: x is not {k} long");
+    assert_eq!(y.len(), m, "gemv_f16: y is not {m} long");
+    run_rows(m * k, pool, y, &|rows, y| {
+        rows_f16(&w[rows.start * k..rows.end * k], k, x, y, isa)
+    });
+}
+
+/// `y[o] = dot(w row o, x)` for the `y.len()` rows in `w` (`w.len() == y.len() * k`).
+fn rows_f16(w: &[f16], k: usize, x: &[f32], y: &mut [f32], isa: Isa) {
+    debug_assert!(w.len() == y.len() * k && x.len() == k);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: every caller checked that this CPU supports `isa` (`check_isa` or
+        // `Isa::detect`); the slice lengths the kernel relies on are asserted by `gemv`.
+        Isa::Avx512 => unsafe { rows_f16_avx512(w, k, x, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { rows_f16_avx2(w, k, x, y) },
+        _ => rows_f16_portable(w, k, x, y),
+    }
+}
+
+fn rows_f16_portable(w: &[f16], k: usize, x: &[f32], y: &mut [f32]) {
+    if k == 0 {
+        y.fill(0.0);
+        return;
+    }
+    // Convert a block at a time into a stack buffer, then reuse the f32 dot product.
+    const B: usize = 256;
+    let mut buf = [0.0f32; B];
+    for (yo, row) in y.iter_mut().zip(w.chunks_exact(k)) {
+        let mut s = 0.0f32;
+        for (wb, xb) in row.chunks(B).zip(x.chunks(B)) {
+            for (d, h) in buf.iter_mut().zip(wb) {
+                *d = h.to_f32();
+            }
+            s += dot_portable(&buf[..wb.len()], xb);
+        }
+        *yo = s;
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL; `w.len() == y.len() * k`, `x.len() == k`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn rows_f16_avx512(w: &[f16], k: usize, x: &[f32], y: &mut [f32]) {
+    let m = y.len();
+    let wp = w.as_ptr().cast::<u16>();
+    let mut o = 0;
+    while o + 4 <= m {
+        y[o..o + 4].copy_from_slice(&dot_rows_avx512::<4>(wp.add(o * k), k, x.as_ptr()));
+        o += 4;
+    }
+    while o < m {
+        y[o] = dot_rows_avx512::<1>(wp.add(o * k), k, x.as_ptr())[0];
+        o += 1;
+    }
+}
+
+/// Dot products of `R` consecutive f16 rows (`k` apart from `w`, as raw bits) with `x`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL; `w .. w + R*k` and `x .. x + k` readable.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn dot_rows_avx512<const R: usize>(w: *const u16, k: usize, x: *const f32) -> [f32; R] {
+    let mut a0 = [_mm512_setzero_ps(); R];
+    let mut a1 = [_mm512_setzero_ps(); R];
+    let mut j = 0;
+    while j + 32 <= k {
+        let x0 = _mm512_loadu_ps(x.add(j));
+        let x1 = _mm512_loadu_ps(x.add(j + 16));
+        for r in 0..R {
+            let wr = w.add(r * k + j);
+            let w0 = _mm512_cvtph_ps(_mm256_loadu_si256(wr.cast()));
+            let w1 = _mm512_cvtph_ps(_mm256_loadu_si256(wr.add(16).cast()));
+            a0[r] = _mm512_fmadd_ps(w0, x0, a0[r]);
+            a1[r] = _mm512_fmadd_ps(w1, x1, a1[r]);
+        }
+        j += 32;
+    }
+    if j + 16 <= k {
+        let x0 = _mm512_loadu_ps(x.add(j));
+        for (r, a) in a0.iter_mut().enumerate() {
+            let w0 = _mm512_cvtph_ps(_mm256_loadu_si256(w.add(r * k + j).cast()));
+            *a = _mm512_fmadd_ps(w0, x0, *a);
+        }
+        j += 16;
+    }
+    if j < k {
+        // Masked-off lanes are not read (no fault past the end) and load as zero.
+        let mask: __mmask16 = (1u16 << (k - j)) - 1;
+        let x0 = _mm512_maskz_loadu_ps(mask, x.add(j));
+        for (r, a) in a1.iter_mut().enumerate() {
+            let w0 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w.add(r * k + j).cast()));
+            *a = _mm512_fmadd_ps(w0, x0, *a);
+        }
+    }
+    let mut out = [0.0; R];
+    for r in 0..R {
+        out[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
+    }
+    out
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `w.len() == y.len() * k`, `x.len() == k`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_f16_avx2(w: &[f16], k: usize, x: &[f32], y: &mut [f32]) {
+    let m = y.len();
+    let mut o = 0;
+    while o + 4 <= m {
+        y[o..o + 4].copy_from_slice(&dot_rows_avx2::<4>(&w[o * k..(o + 4) * k], k, x));
+        o += 4;
+    }
+    while o < m {
+        y[o] = dot_rows_avx2::<1>(&w[o * k..(o + 1) * k], k, x)[0];
+        o += 1;
+    }
+}
+
+/// AVX2 twin of [`dot_rows_avx512`].
+///
+/// # Safety
+/// AVX2, FMA and F16C; `w.len() == R * k`, `x.len() == k`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows_avx2<const R: usize>(w: &[f16], k: usize, x: &[f32]) -> [f32; R] {
+    debug_assert!(w.len() == R * k && x.len() == k);
+    let (wp, xp) = (w.as_ptr().cast::<u16>(), x.as_ptr());
+    let mut a0 = [_mm256_setzero_ps(); R];
+    let mut a1 = [_mm256_setzero_ps(); R];
+    let mut j = 0;
+    while j + 16 <= k {
+        let x0 = _mm256_loadu_ps(xp.add(j));
+        let x1 = _mm256_loadu_ps(xp.add(j + 8));
+        for r in 0..R {
+            let wr = wp.add(r * k + j);
+            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(wr.cast()));
+            let w1 = _mm256_cvtph_ps(_mm_loadu_si128(wr.add(8).cast()));
+            a0[r] = _mm256_fmadd_ps(w0, x0, a0[r]);
+            a1[r] = _mm256_fmadd_ps(w1, x1, a1[r]);
+        }
+        j += 16;
+    }
+    if j + 8 <= k {
+        let x0 = _mm256_loadu_ps(xp.add(j));
+        for (r, a) in a0.iter_mut().enumerate() {
+            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(r * k + j).cast()));
+            *a = _mm256_fmadd_ps(w0, x0, *a);
+        }
+        j += 8;
+    }
+    if j < k {
+        // There is no 16-bit masked load in AVX2: copy the tail into a zeroed buffer.
+        let x0 = _mm256_maskload_ps(xp.add(j), tail_mask_avx2(k - j));
+        for r in 0..R {
+            let mut buf = [f16::ZERO; 8];
+            buf[..k - j].copy_from_slice(&w[r * k + j..(r + 1) * k]);
+            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(buf.as_ptr().cast()));
+            a1[r] = _mm256_fmadd_ps(w0, x0, a1[r]);
+        }
+    }
+    let mut out = [0.0; R];
+    for r in 0..R {
+        out[r] = hsum_avx2(_mm256_add_ps(a0[r], a1[r]));
+    }
+    out
+}
+
+/// Converts `src` to f32 (exact: every f16 is an f32).
+fn f16_to_f32(src: &[f16], dst: &mut [f32], isa: Isa) {
+    assert_eq!(src.len(), dst.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU supports `isa` (checked by every caller); lengths asserted above.
+        Isa::Avx512 => unsafe { f16_to_f32_avx512(src, dst) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { f16_to_f32_avx2(src, dst) },
+        _ => src.iter().zip(dst).for_each(|(s, d)| *d = s.to_f32()),
+    }
+}
+
+/// # Safety
+/// AVX-512 F/BW/VL; `src.len() == dst.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn f16_to_f32_avx512(src: &[f16], dst: &mut [f32]) {
+    let (s, d, len) = (src.as_ptr().cast::<u16>(), dst.as_mut_ptr(), src.len());
+    let mut j = 0;
+    while j + 16 <= len {
+        _mm512_storeu_ps(
+            d.add(j),
+            _mm512_cvtph_ps(_mm256_loadu_si256(s.add(j).cast())),
+        );
+        j += 16;
+    }
+    if j < len {
+        let mask: __mmask16 = (1u16 << (len - j)) - 1;
+        let v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, s.add(j).cast()));
+        _mm512_mask_storeu_ps(d.add(j), mask, v);
+    }
+}
+
+/// # Safety
+/// AVX2 and F16C; `src.len() == dst.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn f16_to_f32_avx2(src: &[f16], dst: &mut [f32]) {
+    let (s, d, len) = (src.as_ptr().cast::<u16>(), dst.as_mut_ptr(), src.len());
+    let mut j = 0;
+    while j + 8 <= len {
+        _mm256_storeu_ps(d.add(j), _mm256_cvtph_ps(_mm_loadu_si128(s.add(j).cast())));
+        j += 8;
+    }
+    for (s, d) in src[j..].iter().zip(&mut dst[j..]) {
+        *d = s.to_f32();
+    }
+}
+
+/// Weight elements converted to f32 per `gemm` call: big enough that gemm's per-call costs
+/// (packing `x`, waking threads) stay small, small enough to keep the scratch in L2/L3.
+const CHUNK_ELEMS: usize = 1 << 20;
+
+thread_local! {
+    /// Reused f32 scratch for [`gemm_f16`], so repeated prefill calls do not page-fault fresh
+    /// memory each time (at most `CHUNK_ELEMS` floats, 4 MiB, per calling thread).
+    static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// `y[n][m] = x[n][k] * W^T` with f16 weights, through the `gemm` crate on `threads` threads.
+///
+/// W is converted to f32 a block of rows at a time and multiplied in f32. gemm's own f16 path
+/// would need `x` rounded to f16 and would round `y` to f16 (it computes in f16 storage), which
+/// loses about three decimal digits against the f32 GEMV; converting W is exact and costs
+/// O(m*k), small next to the O(n*m*k) product.
+pub fn gemm_f16(w: &[f16], m: usize, k: usize, x: &[f32], n: usize, y: &mut [f32], threads: usize) {
+    gemm(w, m, k, x, n, y, threads, None, Isa::detect());
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    w: &[f16],
+    m: usize,
+    k: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    threads: usize,
+    pool: Option<&ThreadPool>,
+    isa: Isa,
+) {
+    assert_eq!(w.len(), m * k, "gemm_f16: w is not {m}x{k}");
+    assert_eq!(x.len(), n * k, "gemm_f16: x is not {n}x{k}");
+    assert_eq!(y.len(), n * m, "gemm_f16: y is not {n}x{m}");
+    if n == 0 || m == 0 {
+        return;
+    }
+    if k == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let chunk_rows = (CHUNK_ELEMS / k).max(16).min(m);
+    // Taken out of the thread-local (not borrowed) so a re-entrant call cannot conflict.
+    let mut scratch = SCRATCH.take();
+    scratch.resize(scratch.len().max(chunk_rows * k), 0.0);
+    let mut m0 = 0;
+    while m0 < m {
+        let mb = chunk_rows.min(m - m0);
+        let buf = &mut scratch[..mb * k];
+        convert_block(&w[m0 * k..(m0 + mb) * k], buf, pool, isa);
+        gemm_xwt(buf, mb, k, x, n, &mut y[m0..], m, threads);
+        m0 += mb;
+    }
+    if scratch.len() <= CHUNK_ELEMS {
+        SCRATCH.set(scratch);
+    }
+}
+
+/// f16 -> f32, split over the pool when there is one and the block is big enough.
+fn convert_block(src: &[f16], dst: &mut [f32], pool: Option<&ThreadPool>, isa: Isa) {
+    let len = src.len();
+    let tasks = pool.map_or(1, |p| super::task_count(len, p));
+    match pool {
+        Some(pool) if tasks > 1 => {
+            let dp = SyncPtr(dst.as_mut_ptr());
+            pool.run(tasks, &|task| {
+                let (lo, hi) = (len * task / tasks, len * (task + 1) / tasks);
+                // SAFETY: the ranges `lo..hi` of different tasks are disjoint and within
+                // `0..len == dst.len()`; `dst` is exclusively borrowed until `pool.run` returns,
+                // after every task.
+                let d = unsafe { std::slice::from_raw_parts_mut(dp.get().add(lo), hi - lo) };
+                f16_to_f32(&src[lo..hi], d, isa);
+            });
+        }
+        _ => f16_to_f32(src, dst, isa),
+    }
+}
+
+/// `y[n][m] = x[n][k] * W^T` with f16 weights: our GEMV for one token, `gemm` for more (the
+/// f16 -> f32 conversion runs on `pool`, the product on `pool.threads()` gemm threads).
+pub fn matmul_f16(
+    w: &[f16],
+    m: usize,
+    k: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    pool: &ThreadPool,
+) {
+    if n == 1 {
+        gemv_f16(w, m, k, x, y, pool);
+    } else {
+        gemm(w, m, k, x, n, y, pool.threads(), Some(pool), Isa::detect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fp32::tests::{check, random_f32, reference, shapes};
+    use super::*;
+    use crate::rng::Rng;
+
+    fn random_f16(rng: &mut Rng, len: usize) -> Vec<f16> {
+        random_f32(rng, len)
+            .into_iter()
+            .map(f16::from_f32)
+            .collect()
+    }
+
+    fn to_f64(w: &[f16]) -> Vec<f64> {
+        w.iter().map(|h| h.to_f64()).collect()
+    }
+
+    #[test]
+    fn gemv_matches_reference_on_every_isa() {
+        let mut rng = Rng::new(3);
+        let pools = [ThreadPool::new(1), ThreadPool::new(2)];
+        for (m, k) in shapes(&mut rng) {
+            let w = random_f16(&mut rng, m * k);
+            let x = random_f32(&mut rng, k);
+            let xd: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+            let refs = reference(&to_f64(&w), m, k, &xd, 1);
+            for isa in Isa::available() {
+                for pool in &pools {
+                    let mut y = vec![f32::NAN; m];
+                    gemv_f16_with(&w, m, k, &x, &mut y, pool, isa);
+                    check(&y, &refs, &format!("gemv_f16 {m}x{k} {isa:?} {pool:?}"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn conversion_is_exact_on_every_isa() {
+        let mut rng = Rng::new(4);
+        // Every bit pattern of one exponent range plus specials, at ragged lengths.
+        let mut src: Vec<f16> = (0..40)
+            .map(|_| f16::from_bits(rng.next_u64() as u16))
+            .collect();
+        src.extend([
+            f16::INFINITY,
+            f16::NEG_INFINITY,
+            f16::MIN_POSITIVE_SUBNORMAL,
+            f16::MAX,
+            f16::ZERO,
+            f16::NEG_ZERO,
+        ]);
+        for len in [0, 1, 7, 8, 15, 16, 17, 46] {
+            for isa in Isa::available() {
+                let mut dst = vec![0.0f32; len];
+                f16_to_f32(&src[..len], &mut dst, isa);
+                for (s, d) in src.iter().zip(&dst) {
+                    let e = s.to_f32();
+                    assert!(
+                        e.to_bits() == d.to_bits() || (e.is_nan() && d.is_nan()),
+                        "{isa:?}: {s} -> {d}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gemm_and_matmul_match_reference() {
+        let mut rng = Rng::new(5);
+        let pool = ThreadPool::new(2);
+        let mut cases = shapes(&mut rng);
+        // Several conversion chunks (26 rows each) with a ragged last one.
+        cases.push((60, CHUNK_ELEMS / 26 - 1));
+        for (i, (m, k)) in cases.into_iter().enumerate() {
+            let n = [1, 2, 3, 5, 9][i % 5];
+            let w = random_f16(&mut rng, m * k);
+            let x = random_f32(&mut rng, n * k);
+            let xd: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+            let refs = reference(&to_f64(&w), m, k, &xd, n);
+            for threads in [1, 2] {
+                let mut y = vec![f32::NAN; n * m];
+                gemm_f16(&w, m, k, &x, n, &mut y, threads);
+                check(
+                    &y,
+                    &refs,
+                    &format!("gemm_f16 {n}x{m}x{k} threads {threads}"),
+                );
+            }
+            let mut y = vec![f32::NAN; n * m];
+            matmul_f16(&w, m, k, &x, n, &mut y, &pool);
+            check(&y, &refs, &format!("matmul_f16 {n}x{m}x{k}"));
+        }
+    }
+}
