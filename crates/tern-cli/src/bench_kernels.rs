@@ -168,7 +168,14 @@ pub fn run(args: &Args) -> Result<()> {
             for &n in &tokens {
                 let x: Vec<f32> = (0..n * k).map(|_| rng.unit_f32()).collect();
                 for pool in &pools {
-                    let seconds = time_kernel(&weights, m, k, n, &x, pool, samples);
+                    let case = Case {
+                        weights: &weights,
+                        m,
+                        k,
+                        n,
+                        x: &x,
+                    };
+                    let seconds = case.time(pool, samples);
                     rows.push(Row {
                         kernel: kernel.name(),
                         m,
@@ -253,60 +260,63 @@ fn copies(w: &Weights) -> usize {
     }
 }
 
-/// One BitLinear-style call: ternary includes quantizing its input (a real layer pays it).
-fn call(
-    w: &Weights,
-    i: usize,
+/// One timed configuration: weights (all copies), shape and input.
+struct Case<'a> {
+    weights: &'a Weights,
     m: usize,
     k: usize,
     n: usize,
-    x: &[f32],
-    q: &mut QuantizedActs,
-    y: &mut [f32],
-    pool: &ThreadPool,
-) {
-    match w {
-        Weights::Ternary(v) => {
-            quantize_acts(x, n, k, q, pool);
-            ternary::matmul(&v[i], q, y, pool);
-        }
-        Weights::F16(v) => dense::matmul_f16(&v[i], m, k, x, n, y, pool),
-        Weights::F32(v) => dense::matmul_f32(&v[i], m, k, x, n, y, pool),
-    }
+    x: &'a [f32],
 }
 
-/// Median seconds per call over `samples` samples, each cycling through every copy at least
-/// once and lasting at least ~50 ms.
-fn time_kernel(
-    w: &Weights,
-    m: usize,
-    k: usize,
-    n: usize,
-    x: &[f32],
-    pool: &ThreadPool,
-    samples: usize,
-) -> f64 {
-    let mut q = QuantizedActs::new();
-    let mut y = vec![0f32; n * m];
-    let copies = copies(w);
-    // Warm-up and calibration: one pass over the copies.
-    let t0 = Instant::now();
-    for i in 0..copies {
-        call(w, i, m, k, n, x, &mut q, &mut y, pool);
-    }
-    let per_call = t0.elapsed().as_secs_f64() / copies as f64;
-    let calls = copies.max((0.05 / per_call.max(1e-9)) as usize);
-    let mut times: Vec<f64> = (0..samples)
-        .map(|_| {
-            let t = Instant::now();
-            for i in 0..calls {
-                call(w, i % copies, m, k, n, x, &mut q, &mut y, pool);
+/// Reusable outputs of one case.
+struct Scratch {
+    q: QuantizedActs,
+    y: Vec<f32>,
+}
+
+impl Case<'_> {
+    /// One BitLinear-style call on copy `i`: ternary includes quantizing its input (a real
+    /// layer pays for it).
+    fn call(&self, i: usize, s: &mut Scratch, pool: &ThreadPool) {
+        let (m, k, n, x, y) = (self.m, self.k, self.n, self.x, &mut s.y);
+        match self.weights {
+            Weights::Ternary(v) => {
+                quantize_acts(x, n, k, &mut s.q, pool);
+                ternary::matmul(&v[i], &s.q, y, pool);
             }
-            t.elapsed().as_secs_f64() / calls as f64
-        })
-        .collect();
-    std::hint::black_box(&y);
-    median(&mut times)
+            Weights::F16(v) => dense::matmul_f16(&v[i], m, k, x, n, y, pool),
+            Weights::F32(v) => dense::matmul_f32(&v[i], m, k, x, n, y, pool),
+        }
+    }
+
+    /// Median seconds per call over `samples` samples, each cycling through every copy at
+    /// least once and lasting at least ~50 ms.
+    fn time(&self, pool: &ThreadPool, samples: usize) -> f64 {
+        let mut s = Scratch {
+            q: QuantizedActs::new(),
+            y: vec![0f32; self.n * self.m],
+        };
+        let copies = copies(self.weights);
+        // Warm-up and calibration: one pass over the copies.
+        let t0 = Instant::now();
+        for i in 0..copies {
+            self.call(i, &mut s, pool);
+        }
+        let per_call = t0.elapsed().as_secs_f64() / copies as f64;
+        let calls = copies.max((0.05 / per_call.max(1e-9)) as usize);
+        let mut times: Vec<f64> = (0..samples)
+            .map(|_| {
+                let t = Instant::now();
+                for i in 0..calls {
+                    self.call(i % copies, &mut s, pool);
+                }
+                t.elapsed().as_secs_f64() / calls as f64
+            })
+            .collect();
+        std::hint::black_box(&s.y);
+        median(&mut times)
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -344,7 +354,14 @@ fn call_overhead(pool: &ThreadPool, rng: &mut Rng) -> f64 {
         Layout::Tern2,
     )]);
     let x: Vec<f32> = (0..k).map(|_| rng.unit_f32()).collect();
-    time_kernel(&w, m, k, 1, &x, pool, 7)
+    let case = Case {
+        weights: &w,
+        m,
+        k,
+        n: 1,
+        x: &x,
+    };
+    case.time(pool, 7)
 }
 
 fn emit_bandwidth(json: bool, threads: usize, gbs: f64) {

@@ -97,7 +97,7 @@ mod tests {
                 for t in 0..tasks {
                     let r = task_rows(m, tasks, t);
                     assert_eq!(r.start, next, "m {m} tasks {tasks} task {t}: {r:?}");
-                    assert!(r.start % ROW_UNIT == 0 || r.start == m);
+                    assert!(r.start.is_multiple_of(ROW_UNIT) || r.start == m);
                     next = r.end;
                 }
                 assert_eq!(next, m);

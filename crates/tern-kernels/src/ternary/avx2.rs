@@ -4,6 +4,10 @@
 //! summed in i16 first: each `vpmaddubsw` pair is at most 2*128 + 2*128 = 512 in magnitude and
 //! five planes add up to 2560, far from i16 overflow; then one `vpmaddwd` widens to i32.
 
+// Register tiles are indexed by (group, token, plane) in several arrays at once; index loops
+// read more plainly than zipped iterators here.
+#![allow(clippy::needless_range_loop)]
+
 use super::{Job, Layout, BLOCK_BYTES, GROUP_ROWS};
 use std::arch::x86_64::*;
 

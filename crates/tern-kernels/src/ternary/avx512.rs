@@ -5,6 +5,10 @@
 //! broadcast activation quad by all G groups. Decode (T = 1) uses G = 4 for independent
 //! accumulation chains; prefill uses G = 2, T = 8 (16 accumulators + 8 code vectors).
 
+// Register tiles are indexed by (group, token, plane) in several arrays at once; index loops
+// read more plainly than zipped iterators here.
+#![allow(clippy::needless_range_loop)]
+
 use super::{Job, Layout, BLOCK_BYTES, GROUP_ROWS};
 use std::arch::x86_64::*;
 
