@@ -105,6 +105,32 @@ unsafe fn dot_rows_avx512<const R: usize>(w: *const u16, k: usize, x: *const f32
     let mut a0 = [_mm512_setzero_ps(); R];
     let mut a1 = [_mm512_setzero_ps(); R];
     let mut j = 0;
+    // Two cache lines per row per step: with one, the loop issues too few loads per
+    // instruction to keep enough DRAM requests in flight (measured: ~25 vs ~40 GB/s).
+    while j + 64 <= k {
+        let x0 = _mm512_loadu_ps(x.add(j));
+        let x1 = _mm512_loadu_ps(x.add(j + 16));
+        let x2 = _mm512_loadu_ps(x.add(j + 32));
+        let x3 = _mm512_loadu_ps(x.add(j + 48));
+        for r in 0..R {
+            let wr = w.add(r * k + j);
+            // Prefetches never fault, even past the end.
+            _mm_prefetch::<_MM_HINT_T0>(wr.wrapping_add(1024).cast());
+            _mm_prefetch::<_MM_HINT_T0>(wr.wrapping_add(1024 + 32).cast());
+            // Whole-line loads, split in registers: one load per cache line.
+            let l0 = _mm512_loadu_si512(wr.cast());
+            let l1 = _mm512_loadu_si512(wr.add(32).cast());
+            let w0 = _mm512_cvtph_ps(_mm512_castsi512_si256(l0));
+            let w1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(l0));
+            let w2 = _mm512_cvtph_ps(_mm512_castsi512_si256(l1));
+            let w3 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(l1));
+            a0[r] = _mm512_fmadd_ps(w0, x0, a0[r]);
+            a1[r] = _mm512_fmadd_ps(w1, x1, a1[r]);
+            a0[r] = _mm512_fmadd_ps(w2, x2, a0[r]);
+            a1[r] = _mm512_fmadd_ps(w3, x3, a1[r]);
+        }
+        j += 64;
+    }
     while j + 32 <= k {
         let x0 = _mm512_loadu_ps(x.add(j));
         let x1 = _mm512_loadu_ps(x.add(j + 16));

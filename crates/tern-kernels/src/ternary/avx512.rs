@@ -16,7 +16,7 @@ use std::arch::x86_64::*;
 const T_GEMM: usize = 8;
 
 /// How far ahead (bytes) the decode kernel prefetches each group's stream.
-const PREFETCH_AHEAD: usize = 1024;
+const PREFETCH_AHEAD: usize = 2048;
 
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VNNI; `job` as produced by `matmul_with`.
