@@ -54,7 +54,10 @@ unsafe fn xor_avx512(part: &[u8]) -> u64 {
             *a = _mm512_xor_si512(*a, _mm512_loadu_si512(line.cast()));
         }
     }
-    let v = _mm512_xor_si512(_mm512_xor_si512(acc[0], acc[1]), _mm512_xor_si512(acc[2], acc[3]));
+    let v = _mm512_xor_si512(
+        _mm512_xor_si512(acc[0], acc[1]),
+        _mm512_xor_si512(acc[2], acc[3]),
+    );
     let mut out = [0u64; 8];
     _mm512_storeu_si512(out.as_mut_ptr().cast(), v);
     out.iter().fold(0, |a, b| a ^ b) ^ xor_portable(&part[STREAMS * lines * 64..])
