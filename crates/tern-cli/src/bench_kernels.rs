@@ -284,10 +284,7 @@ fn make_weights(kernel: Kernel, m: usize, k: usize, cold_bytes: usize, rng: &mut
 /// dense and ternary kernels stream under the same paging.
 fn huge_copy<T: Copy>(src: &[T]) -> Vec<T> {
     let mut v: Vec<T> = Vec::with_capacity(src.len());
-    // SAFETY: the slice covers the untouched capacity and only its address range is used.
-    tern_kernels::aligned::advise_huge_pages(unsafe {
-        std::slice::from_raw_parts(v.as_ptr(), src.len())
-    });
+    tern_kernels::aligned::advise_huge_pages(v.as_ptr().cast(), std::mem::size_of_val(src));
     v.extend_from_slice(src);
     v
 }

@@ -17,9 +17,7 @@ impl AlignedBytes {
         let n = len.div_ceil(64);
         let mut lines = Vec::with_capacity(n);
         // Advise before the first write, which is when pages get their size.
-        // SAFETY: the capacity is allocated (untouched) memory of n lines owned by `lines`;
-        // the slice is only used to compute the address range for madvise, never read.
-        advise_huge_pages(unsafe { std::slice::from_raw_parts(lines.as_ptr() as *const Line, n) });
+        advise_huge_pages(lines.as_ptr().cast(), n * 64);
         lines.resize(n, Line([0; 64]));
         AlignedBytes { lines, len }
     }
@@ -71,22 +69,25 @@ impl std::fmt::Debug for AlignedBytes {
 /// `madvise` mode, as on the machines here). Streaming GEMV over tens of MB otherwise takes a
 /// TLB miss every 4 KiB per stream. Call it before the buffer is first written; it is only a
 /// hint and failures are ignored.
-pub fn advise_huge_pages<T>(buf: &[T]) {
+///
+/// `start .. start + bytes` should be memory this program allocated (it may be uninitialised);
+/// the call never reads or writes it, so it is safe whatever the range.
+pub fn advise_huge_pages(start: *const u8, bytes: usize) {
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;
-        let start = buf.as_ptr() as usize;
-        let end = start + std::mem::size_of_val(buf);
+        let start = start as usize;
+        let end = start.saturating_add(bytes);
         let lo = start.next_multiple_of(HUGE);
         let hi = end / HUGE * HUGE;
         if hi > lo {
-            // SAFETY: madvise only changes paging policy for [lo, hi), which lies inside the
-            // live allocation `buf`; MADV_HUGEPAGE never changes the memory's contents.
+            // SAFETY: MADV_HUGEPAGE only changes the paging policy of [lo, hi) and never the
+            // contents of memory; on a range that is not mapped it fails with ENOMEM.
             unsafe {
                 libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE);
             }
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = buf;
+    let _ = (start, bytes);
 }

@@ -233,3 +233,33 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn reused_activation_buffer_is_repadded_when_the_input_narrows() {
+    // A buffer first filled with a wide input and then reused for a narrower one must not keep
+    // stale bytes past k: kernels read whole padded rows.
+    let pool = ThreadPool::new(2);
+    let mut rng = Rng::new(11);
+    let wide: Vec<f32> = (0..3 * 700).map(|_| rng.unit_f32()).collect();
+    let narrow: Vec<f32> = (0..3 * 30).map(|_| rng.unit_f32()).collect();
+    for isa in Isa::available() {
+        let mut q = QuantizedActs::new();
+        quantize_acts_with(&wide, 3, 700, &mut q, &pool, isa);
+        quantize_acts_with(&narrow, 3, 30, &mut q, &pool, isa);
+        for t in 0..3 {
+            assert!(
+                q.row_padded(t)[30..].iter().all(|&v| v == 0),
+                "{} row {t}",
+                isa.name()
+            );
+        }
+        let w = TernaryMatrix::random(20, 30, 1.0, &mut rng);
+        let mut want = vec![0f32; 3 * 20];
+        matmul_reference(&w, &q, &mut want);
+        for layout in Layout::ALL {
+            let mut got = vec![0f32; 3 * 20];
+            matmul_with(&PackedTernary::pack(&w, layout), &q, &mut got, &pool, isa);
+            assert_eq!(got, want);
+        }
+    }
+}
