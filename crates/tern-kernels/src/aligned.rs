@@ -15,7 +15,7 @@ pub struct AlignedBytes {
 impl AlignedBytes {
     pub fn zeroed(len: usize) -> Self {
         let n = len.div_ceil(64);
-        let mut lines = Vec::with_capacity(n);
+        let mut lines: Vec<Line> = Vec::with_capacity(n);
         // Advise before the first write, which is when pages get their size.
         advise_huge_pages(lines.as_ptr().cast(), n * 64);
         lines.resize(n, Line([0; 64]));
