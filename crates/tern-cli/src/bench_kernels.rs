@@ -9,6 +9,7 @@ use std::time::Instant;
 use tern_kernels::actquant::{quantize_acts, QuantizedActs};
 use tern_kernels::dense;
 use tern_kernels::rng::Rng;
+use tern_kernels::ternary::lut::{LutTables, LutTernary};
 use tern_kernels::ternary::{self, Layout, PackedTernary};
 use tern_kernels::{Isa, TernaryMatrix, ThreadPool};
 
@@ -29,7 +30,7 @@ pub struct Args {
     /// Thread counts; 0 means all cores.
     #[arg(long, value_delimiter = ',')]
     threads: Option<Vec<usize>>,
-    /// Kernels: comma-separated from tern2, tern3, f16, f32.
+    /// Kernels: comma-separated from tern2, tern3, lut2 (decode only), f16, f32.
     #[arg(long, value_delimiter = ',')]
     kernels: Option<Vec<String>>,
     /// Timed samples per row (the median is reported).
@@ -56,6 +57,8 @@ const SHAPES: &[(&str, &[(usize, usize)])] = &[
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kernel {
     Ternary(Layout),
+    /// The lookup-table GEMV experiment (decode only).
+    Lut,
     F16,
     F32,
 }
@@ -64,6 +67,7 @@ impl Kernel {
     fn name(self) -> String {
         match self {
             Kernel::Ternary(l) => format!("ternary/{}", l.name()),
+            Kernel::Lut => "ternary/lut2".into(),
             Kernel::F16 => "f16".into(),
             Kernel::F32 => "f32".into(),
         }
@@ -72,9 +76,10 @@ impl Kernel {
         Ok(match s {
             "f16" => Kernel::F16,
             "f32" => Kernel::F32,
+            "lut2" | "ternary/lut2" => Kernel::Lut,
             _ => match Layout::from_name(s.trim_start_matches("ternary/")) {
                 Some(l) => Kernel::Ternary(l),
-                None => bail!("unknown kernel {s:?} (expected tern2, tern3, f16 or f32)"),
+                None => bail!("unknown kernel {s:?} (expected tern2, tern3, lut2, f16 or f32)"),
             },
         })
     }
@@ -83,6 +88,7 @@ impl Kernel {
 /// The weights of one kernel for one shape, replicated `copies` times.
 enum Weights {
     Ternary(Vec<PackedTernary>),
+    Lut(Vec<LutTernary>),
     F16(Vec<Vec<half::f16>>),
     F32(Vec<Vec<f32>>),
 }
@@ -121,6 +127,7 @@ pub fn run(args: &Args) -> Result<()> {
         None => vec![
             Kernel::Ternary(Layout::Tern2),
             Kernel::Ternary(Layout::Tern3),
+            Kernel::Lut,
             Kernel::F16,
             Kernel::F32,
         ],
@@ -173,7 +180,12 @@ pub fn run(args: &Args) -> Result<()> {
         for &n in &tokens {
             let x: Vec<f32> = (0..n * k).map(|_| rng.unit_f32()).collect();
             for (pi, pool) in pools.iter().enumerate() {
-                let cases: Vec<Case> = weights
+                // The lookup-table kernel is a GEMV: it has no prefill path to compare.
+                let active: Vec<&(Kernel, Weights)> = weights
+                    .iter()
+                    .filter(|(kn, _)| n == 1 || *kn != Kernel::Lut)
+                    .collect();
+                let cases: Vec<Case> = active
                     .iter()
                     .map(|(_, w)| Case {
                         weights: w,
@@ -202,7 +214,7 @@ pub fn run(args: &Args) -> Result<()> {
                 if !bw_samples.is_empty() {
                     bandwidth[pi] = median(&mut bw_samples);
                 }
-                let rows: Vec<Row> = weights
+                let rows: Vec<Row> = active
                     .iter()
                     .zip(&mut times)
                     .map(|((kn, w), t)| Row {
@@ -250,6 +262,7 @@ pub fn run(args: &Args) -> Result<()> {
 fn weight_bytes(w: &Weights) -> usize {
     match w {
         Weights::Ternary(v) => v[0].byte_len(),
+        Weights::Lut(v) => v[0].byte_len(),
         Weights::F16(v) => v[0].len() * 2,
         Weights::F32(v) => v[0].len() * 4,
     }
@@ -258,6 +271,7 @@ fn weight_bytes(w: &Weights) -> usize {
 fn make_weights(kernel: Kernel, m: usize, k: usize, cold_bytes: usize, rng: &mut Rng) -> Weights {
     let bytes = match kernel {
         Kernel::Ternary(l) => ((m * k) as f64 * l.bits_per_weight() / 8.0) as usize,
+        Kernel::Lut => m * k / 4,
         Kernel::F16 => m * k * 2,
         Kernel::F32 => m * k * 4,
     };
@@ -266,6 +280,10 @@ fn make_weights(kernel: Kernel, m: usize, k: usize, cold_bytes: usize, rng: &mut
         Kernel::Ternary(l) => {
             let p = PackedTernary::pack(&TernaryMatrix::random(m, k, 0.02, rng), l);
             Weights::Ternary(vec![p; copies])
+        }
+        Kernel::Lut => {
+            let p = LutTernary::pack(&TernaryMatrix::random(m, k, 0.02, rng));
+            Weights::Lut(vec![p; copies])
         }
         Kernel::F16 => {
             let w: Vec<half::f16> = (0..m * k)
@@ -292,6 +310,7 @@ fn huge_copy<T: Copy>(src: &[T]) -> Vec<T> {
 fn copies(w: &Weights) -> usize {
     match w {
         Weights::Ternary(v) => v.len(),
+        Weights::Lut(v) => v.len(),
         Weights::F16(v) => v.len(),
         Weights::F32(v) => v.len(),
     }
@@ -309,6 +328,7 @@ struct Case<'a> {
 /// Reusable outputs of one case.
 struct Scratch {
     q: QuantizedActs,
+    tables: LutTables,
     y: Vec<f32>,
 }
 
@@ -322,6 +342,20 @@ impl Case<'_> {
                 quantize_acts(x, n, k, &mut s.q, pool);
                 ternary::matmul(&v[i], &s.q, y, pool);
             }
+            Weights::Lut(v) => {
+                quantize_acts(x, n, k, &mut s.q, pool);
+                for t in 0..n {
+                    LutTernary::build_tables(&s.q, t, &mut s.tables);
+                    v[i].gemv(
+                        &s.q,
+                        t,
+                        &s.tables,
+                        &mut y[t * m..(t + 1) * m],
+                        pool,
+                        Isa::detect(),
+                    );
+                }
+            }
             Weights::F16(v) => dense::matmul_f16(&v[i], m, k, x, n, y, pool),
             Weights::F32(v) => dense::matmul_f32(&v[i], m, k, x, n, y, pool),
         }
@@ -332,6 +366,7 @@ impl Case<'_> {
     fn calibrate(&self, pool: &ThreadPool) -> (Scratch, usize) {
         let mut s = Scratch {
             q: QuantizedActs::new(),
+            tables: LutTables::default(),
             y: vec![0f32; self.n * self.m],
         };
         let copies = copies(self.weights);

@@ -263,3 +263,55 @@ fn reused_activation_buffer_is_repadded_when_the_input_narrows() {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn lookup_table_gemv_matches_reference_bit_exactly(
+        m in 1usize..200, k in 1usize..700, seed: u64, extremes: bool,
+    ) {
+        use tern_kernels::ternary::lut::{LutTables, LutTernary};
+        let mut rng = Rng::new(seed);
+        let w = TernaryMatrix::random(m, k, 0.3, &mut rng);
+        let x = random_acts(2, k, &mut rng, extremes);
+        let mut want = vec![0f32; 2 * m];
+        matmul_reference(&w, &x, &mut want);
+        let lut = LutTernary::pack(&w);
+        let mut tables = LutTables::default();
+        for isa in Isa::available() {
+            for threads in [1, 3] {
+                let pool = ThreadPool::new(threads);
+                for t in 0..2 {
+                    LutTernary::build_tables(&x, t, &mut tables);
+                    let mut got = vec![f32::NAN; m];
+                    lut.gemv(&x, t, &tables, &mut got, &pool, isa);
+                    prop_assert!(
+                        got.iter().zip(&want[t * m..]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{} threads {threads} m {m} k {k}", isa.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn lookup_table_gemv_survives_the_i16_flush_at_extremes() {
+    // Every table entry at its extreme (256) for thousands of columns: the i16 partial sums
+    // must be flushed to i32 before they overflow.
+    use tern_kernels::ternary::lut::{LutTables, LutTernary};
+    let (m, k) = (70, 4000);
+    let w = TernaryMatrix::new(m, k, vec![-1; m * k], 1.0).unwrap();
+    let x = QuantizedActs::from_parts(1, k, &vec![-128; k], &[1.0]);
+    let mut tables = LutTables::default();
+    LutTernary::build_tables(&x, 0, &mut tables);
+    let mut want = vec![0f32; m];
+    matmul_reference(&w, &x, &mut want);
+    for isa in Isa::available() {
+        let mut got = vec![0f32; m];
+        LutTernary::pack(&w).gemv(&x, 0, &tables, &mut got, &ThreadPool::new(2), isa);
+        assert_eq!(got, want, "{}", isa.name());
+        assert_eq!(got[0], 128.0 * k as f32);
+    }
+}
