@@ -33,14 +33,23 @@ What it writes (one directory per fixture, see the README next to them):
                            architectures ["BitnetForCausalLM"], SiLU, sub-norms
                            named inner_attn_ln / ffn_layernorm, f32 latent weights
     llama_dense_f16/       plain LLaMA (no quantisation), f16, untied lm_head
+    quant_ops/             op-level values from transformers' integrations/bitnet.py
+                           (activation quant with exact ties and the 1e-5 floor,
+                           absmean weight quant, packing, whole AutoBitLinear layers)
+    report.json            every measured number (reference noise, seeds, margins)
 
-Each directory holds config.json, generation_config.json, model.safetensors and
-expected.safetensors. The reference values come from transformers' own forward
+Each model directory holds config.json, generation_config.json, model.safetensors
+and expected.safetensors. The reference values come from transformers' own forward
 pass in float32 (for the 1bitLLM layout, which transformers has no class for,
 from transformers' BitNet class with the tensors renamed, checked against an
 independent re-implementation of the 1bitLLM modeling code in this file).
 An independent float64 re-implementation gives `logits_f64`, which measures the
 float32 reference's own noise.
+
+The weight seeds are searched deterministically (see search_seed) for
+well-conditioned fixtures: no quantised activation near a rounding boundary,
+clear top-1 margins, a non-constant greedy continuation. Re-running the script
+with the same versions reproduces the files byte for byte.
 
 Everything is generated from seeded random numbers: no third-party weights or
 data are involved.
@@ -70,6 +79,10 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 from transformers.integrations.bitnet import pack_weights as hf_pack_weights  # noqa: E402
 
 torch.set_num_threads(1)  # keep CPU use modest; the models are tiny
+# transformers' WeightQuant/ActQuant are torch.compile'd and recompile per
+# weight shape; keep them compiled (the default limit of 8 falls back to eager
+# half-way through a model).
+torch._dynamo.config.recompile_limit = 256
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "crates" / "tern-model" / "tests" / "fixtures"
@@ -95,6 +108,11 @@ BASE = dict(
     use_cache=True,
 )
 HEAD_DIM = BASE["hidden_size"] // BASE["num_attention_heads"]  # 16
+
+# o_proj / down_proj get a larger init so that the blocks, not the tied
+# embedding of the current token, dominate the residual stream (otherwise a
+# random tied model just repeats its last token).
+OUT_GAIN = 4.0
 
 PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -132,11 +150,11 @@ def make_weights(seed: int, n_kv: int, *, subln: str | None, untied: bool) -> di
         w[p + "self_attn.q_proj.weight"] = lin(nq, H)
         w[p + "self_attn.k_proj.weight"] = lin(nkv, H)
         w[p + "self_attn.v_proj.weight"] = lin(nkv, H)
-        w[p + "self_attn.o_proj.weight"] = lin(H, nq)
+        w[p + "self_attn.o_proj.weight"] = OUT_GAIN * lin(H, nq)
         w[p + "post_attention_layernorm.weight"] = norm(H)
         w[p + "mlp.gate_proj.weight"] = lin(I, H)
         w[p + "mlp.up_proj.weight"] = lin(I, H)
-        w[p + "mlp.down_proj.weight"] = lin(H, I)
+        w[p + "mlp.down_proj.weight"] = OUT_GAIN * lin(H, I)
         if subln == "bitnet":
             w[p + "self_attn.attn_sub_norm.weight"] = norm(nq)
             w[p + "mlp.ffn_sub_norm.weight"] = norm(I)
@@ -198,7 +216,7 @@ def unpack_ternary(p: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------
 
 def ref_forward(sd: dict[str, torch.Tensor], cfg: dict, ids: list[int], dtype: torch.dtype,
-                linear: str, subln: str | None, act: str) -> torch.Tensor:
+                linear: str, subln: str | None, act: str, trace: list | None = None) -> torch.Tensor:
     """Full-sequence causal forward, returns logits [T, V].
 
     linear: "dense"  plain x @ W^T
@@ -218,20 +236,29 @@ def ref_forward(sd: dict[str, torch.Tensor], cfg: dict, ids: list[int], dtype: t
     def rms(x, w):
         return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
 
+    def aq(x):
+        if trace is not None:  # record int8 codes and the distance of x*s to the nearest .5
+            sc = 127.0 / x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-5)
+            y = x * sc
+            dist = (y - y.floor() - 0.5).abs()
+            trace.append(((y.round().clamp(-128, 127)).to(torch.int16),
+                          float((dist / y.abs().clamp(min=1.0)).min()), y.double()))
+        return act_quant(x)
+
     def bl(x, name):
         if linear == "dense":
             return x @ t[name].T
         if linear == "online":
             q, s = weight_ternary(t[name])
-            return act_quant(x) @ (q / s).T
+            return aq(x) @ (q / s).T
         if linear == "offline":
             q = unpack_ternary(sd[name]).to(dtype)
-            return (act_quant(x) @ q.T) * t[name + "_scale"]
+            return (aq(x) @ q.T) * t[name + "_scale"]
         if linear == "ste":
             w = t[name]
             q, s = weight_ternary(w)
             wq = w + (q / s - w)
-            xq = x + (act_quant(x) - x)
+            xq = x + (aq(x) - x)
             return xq @ wq.T
         raise ValueError(linear)
 
@@ -295,8 +322,17 @@ def ref_greedy(sd, cfg, ids, dtype, linear, subln, act, n_new=N_NEW) -> list[int
 # transformers side
 # --------------------------------------------------------------------------
 
+LOAD_DTYPES: dict[str, list[str]] = {}
+
+
 def hf_load(path: Path, dtype: torch.dtype):
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    # transformers 5.24 + a packed (offline) BitNet checkpoint: dtype=float32
+    # only reaches the quantised linears; the embedding and norms keep the
+    # file's bf16 and the forward then fails on mixed dtypes. Cast explicitly.
+    before = sorted({str(t.dtype) for t in model.state_dict().values()})
+    LOAD_DTYPES[f"{path.name}@{dtype}"] = before
+    model.to(dtype)
     model.eval()
     # Greedy generation must never stop early.
     model.generation_config.eos_token_id = None
@@ -429,8 +465,7 @@ def finish(name: str, d: Path, cfg: dict, *, ref_args: tuple, ref_sd: dict, hf_d
             (i for i, (x, y) in enumerate(zip(gx, greedy)) if x != y), N_NEW)
         out[f"logits_hf_{tag}"] = lgx.contiguous()
     save_file(out, str(d / "expected.safetensors"),
-              metadata={"format": "pt", "generator": "scripts/make_golden.py",
-                        "torch": torch.__version__, "transformers": transformers.__version__})
+              metadata={"format": "pt"})  # one key: safetensors writes a map in random order
     report[name] = rep
 
 
@@ -445,24 +480,178 @@ def check_hf_weights(model_dir: Path, expect: dict[str, torch.Tensor], dtype=tor
     return m
 
 
+def derive_packed(master_bf16: dict[str, torch.Tensor]):
+    """Ternarise and pack every BitLinear weight of a bf16 master.
+
+    Returns (file tensors, reference tensors for ref_forward("offline"),
+    what transformers should hold after loading in float32)."""
+    packed, ref, expect_hf = {}, {}, {}
+    for k, v in master_bf16.items():
+        if is_bitlinear(k):
+            w = v.float()
+            q, _ = weight_ternary(w)
+            gamma = w.abs().mean()  # weight_scale = mean|W| (autobitlinear multiplies)
+            p = pack_ternary(q)
+            assert torch.equal(p, hf_pack_weights(q.clone())), k
+            assert torch.equal(unpack_ternary(p).float(), q), k
+            packed[k] = p
+            packed[k + "_scale"] = gamma.reshape(1).to(torch.bfloat16)
+            ref[k] = p
+            ref[k + "_scale"] = packed[k + "_scale"].float()
+            expect_hf[k] = q
+            expect_hf[k + "_scale"] = ref[k + "_scale"]
+        else:
+            packed[k] = v
+            ref[k] = v.float()
+    return packed, ref, expect_hf
+
+
+def conditioning(sd, cfg, linear, subln, act) -> dict:
+    """How well-conditioned a fixture is for golden tests.
+
+    Runs the independent reference (greedy in f64, then the full prompt+greedy
+    sequence in f64 and f32) and returns
+      codes_equal: the int8 activation codes of every BitLinear call agree
+                   between f32 and f64 (no rounding flip);
+      min_slack:   the smallest relative distance |x*s - (k + 0.5)| / max(|x*s|, 1)
+                   of any quantised activation to a rounding boundary, over all
+                   BitLinear calls, f32 and f64 (the relative perturbation of
+                   x*s that would flip one int8 code);
+      xs_noise:    the largest |x*s (f32) - x*s (f64)| seen;
+      min_margin:  the smallest top-1 minus top-2 logit gap over all positions.
+    """
+    seq = PROMPT + ref_greedy(sd, cfg, PROMPT, torch.float64, linear, subln, act)
+    t64, t32 = [], []
+    l64 = ref_forward(sd, cfg, seq, torch.float64, linear, subln, act, t64)
+    ref_forward(sd, cfg, seq, torch.float32, linear, subln, act, t32)
+    eq = all(torch.equal(a[0], b[0]) for a, b in zip(t64, t32))
+    return {
+        "codes_equal": eq,
+        "min_slack": min([a[1] for a in t64] + [b[1] for b in t32], default=None),
+        "xs_noise": max([float((a[2] - b[2]).abs().max()) for a, b in zip(t64, t32)], default=0.0) if eq else None,
+        "min_margin": float(margins(l64).min()),
+        "distinct_greedy": len(set(seq[len(PROMPT):])),
+        "n_quant_values": sum(a[0].numel() for a in t64),
+    }
+
+
+def search_seed(name: str, first: int, n: int, build, min_margin: float = 0.05, min_distinct: int = 4):
+    """Deterministically pick the seed in [first, first+n) whose weights give the
+    best-conditioned fixture: no f32/f64 flip of any activation code, every
+    top-1 margin >= min_margin, a greedy continuation with at least
+    min_distinct different tokens (a constant continuation would not test the
+    KV cache), and the largest relative slack of any quantised activation to a
+    rounding boundary (so that an implementation whose float noise differs from
+    torch's still lands on the same int8 codes).
+
+    build(seed) -> list of (sd, cfg, linear, subln, act) that must all qualify."""
+    best = None
+    for seed in range(first, first + n):
+        conds = [conditioning(*v) for v in build(seed)]
+        if not all(c["codes_equal"] and c["min_margin"] >= min_margin
+                   and c["distinct_greedy"] >= min_distinct for c in conds):
+            continue
+        score = min(c["min_slack"] if c["min_slack"] is not None else float("inf") for c in conds)
+        if best is None or score > best[0]:
+            best = (score, seed, conds)
+    if best is None:
+        raise SystemExit(f"{name}: no seed in [{first}, {first + n}) qualifies")
+    print(f"{name}: seed {best[1]}, min relative slack to a rounding boundary {best[0]:.3g}", file=sys.stderr)
+    return best[1], best[2]
+
+
+def make_quant_ops(d: Path, report: dict):
+    """Op-level golden values straight from transformers' integrations/bitnet.py."""
+    from transformers.integrations.bitnet import ActQuant, AutoBitLinear, BitLinear, WeightQuant
+    g = torch.Generator().manual_seed(77)
+    K = 172
+    rows = []
+    rows.append(torch.randn(K, generator=g))                       # ordinary row
+    r = torch.randn(K, generator=g) * 3                            # exact ties: max|x| = 127 -> s = 1
+    r[:8] = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5])
+    r[8] = 127.0
+    r[9:] = r[9:].clamp(-100, 100)
+    rows.append(r)
+    rows.append(torch.zeros(K))                                    # all zero: the 1e-5 floor
+    rows.append(torch.full((K,), 4e-6) * torch.sign(torch.randn(K, generator=g)))  # max below 1e-5
+    rows.append(torch.randn(K, generator=g) * 1e4)                 # large magnitudes
+    x = torch.stack(rows).float()
+    bl = BitLinear(K, 4, bias=False, dtype=torch.float32)
+    with torch.no_grad():
+        xq, xs = bl.activation_quant(x)
+        xdeq = ActQuant.apply(x)
+
+    # weights: one with mean|W| = 1 exactly and ties at +-0.5 / +-1.5, one random
+    w_tie = torch.tensor([0.5, -0.5, 1.5, -1.5, 1.0, -1.0, 0.0, 2.0, -2.0, 1.0, 0.25, -0.75] * (172 * 64 // 12 + 1))
+    w_tie = w_tie[: 172 * 64].reshape(172, 64).clone()
+    w_tie *= 1.0 / w_tie.abs().mean()
+    assert w_tie.abs().mean().item() == 1.0, w_tie.abs().mean().item()
+    w_rand = torch.randn(172, 64, generator=g) * 0.05
+    out = {"act_x": x, "act_q": xq, "act_scale": xs.float(), "act_deq": xdeq}
+    for tag, w in (("w_tie", w_tie), ("w_rand", w_rand)):
+        with torch.no_grad():
+            wdeq = WeightQuant.apply(w)
+        q, _ = weight_ternary(w)
+        out[tag] = w
+        out[tag + "_deq"] = wdeq
+        out[tag + "_q"] = q.to(torch.int8)
+        out[tag + "_scale"] = w.abs().mean().reshape(1)
+        out[tag + "_packed"] = hf_pack_weights(q.clone())
+        assert torch.equal(out[tag + "_packed"], pack_ternary(q))
+    # whole AutoBitLinear layers (K = 64 -> N = 172), online and offline
+    lx = torch.randn(5, 64, generator=g)
+    with torch.no_grad():
+        on = AutoBitLinear(64, 172, bias=False, dtype=torch.float32, online_quant=True)
+        on.weight.copy_(w_rand)
+        off = AutoBitLinear(64, 172, bias=False, dtype=torch.float32, online_quant=False)
+        off.weight.copy_(out["w_rand_q"].float())
+        off.weight_scale.copy_(out["w_rand_scale"])
+        out["lin_x"] = lx
+        out["lin_y_online"] = on(lx)
+        out["lin_y_offline"] = off(lx)
+    report["quant_ops"] = {
+        "tie_row_codes": xq[1, :9].tolist(),
+        "online_vs_offline_layer": spread(out["lin_y_offline"], out["lin_y_online"]),
+        "w_tie_q_first12": out["w_tie_q"].flatten()[:12].tolist(),
+    }
+    d.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in sorted(out.items())}, str(d / "expected.safetensors"),
+              metadata={"format": "pt"})  # one key: safetensors writes a map in random order
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--seeds", type=int, default=300, help="seeds tried per fixture")
     args = ap.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {}
     tmp = Path(tempfile.mkdtemp(prefix="golden-"))
+    from transformers.integrations.bitnet import AutoBitLinear
+
+    make_quant_ops(out / "quant_ops", report)
 
     # ---- (a) bitnet online, bf16 master -------------------------------------
-    master = make_weights(1234, 2, subln="bitnet", untied=False)
-    master_bf16 = {k: v.to(torch.bfloat16) for k, v in master.items()}
     cfg_on = bitnet_config("online", "bfloat16")
+    cfg_pk = bitnet_config("offline", "bfloat16")
+
+    def bitnet_master(seed):
+        m = make_weights(seed, 2, subln="bitnet", untied=False)
+        return {k: v.to(torch.bfloat16) for k, v in m.items()}
+
+    def build_bitnet(seed):
+        mb = bitnet_master(seed)
+        _, ref_pk, _ = derive_packed(mb)
+        return [({k: v.float() for k, v in mb.items()}, cfg_on, "online", "bitnet", "relu2"),
+                (ref_pk, cfg_pk, "offline", "bitnet", "relu2")]
+
+    seed, conds = search_seed("bitnet", 1000, args.seeds, build_bitnet)
+    master_bf16 = bitnet_master(seed)
     d_on = out / "bitnet_online_bf16"
     write_model_dir(d_on, cfg_on, master_bf16)
     ref_on = {k: v.float() for k, v in master_bf16.items()}  # exact upcast
-    m = check_hf_weights(d_on, {k: v for k, v in ref_on.items()})
-    from transformers.integrations.bitnet import AutoBitLinear
+    m = check_hf_weights(d_on, ref_on)
     kinds = {type(mod).__name__ for n, mod in m.named_modules() if n.endswith(PROJ + MLP)}
     assert kinds == {"AutoBitLinear"}, kinds
     assert all(mod.online_quant for mod in m.modules() if isinstance(mod, AutoBitLinear))
@@ -472,49 +661,23 @@ def main():
     del m
     finish("bitnet_online_bf16", d_on, cfg_on, ref_args=("online", "bitnet", "relu2"), ref_sd=ref_on,
            hf_dir=d_on, extra_dtypes=(torch.bfloat16,), report=report)
+    report["bitnet_online_bf16"].update(seed=seed, conditioning=conds[0])
 
     # ---- (b) bitnet packed / offline (same master) ---------------------------
-    packed: dict[str, torch.Tensor] = {}
-    ref_pk: dict[str, torch.Tensor] = {}
-    expect_hf: dict[str, torch.Tensor] = {}
-    for k, v in master_bf16.items():
-        if is_bitlinear(k):
-            w = v.float()
-            q, s = weight_ternary(w)
-            gamma = w.abs().mean()  # weight_scale = mean|W| (autobitlinear multiplies)
-            p = pack_ternary(q)
-            assert torch.equal(p, hf_pack_weights(q.clone())), k
-            assert torch.equal(unpack_ternary(p).float(), q), k
-            packed[k] = p
-            packed[k + "_scale"] = gamma.reshape(1).to(torch.bfloat16)
-            ref_pk[k] = p
-            ref_pk[k + "_scale"] = packed[k + "_scale"].float()
-            expect_hf[k] = q
-            expect_hf[k + "_scale"] = packed[k + "_scale"].float()
-        else:
-            packed[k] = v
-            ref_pk[k] = v.float()
-    cfg_pk = bitnet_config("offline", "bfloat16")
+    packed, ref_pk, expect_hf = derive_packed(master_bf16)
     d_pk = out / "bitnet_packed"
     write_model_dir(d_pk, cfg_pk, packed)
     m = check_hf_weights(d_pk, expect_hf)
     assert all(not mod.online_quant for mod in m.modules() if isinstance(mod, AutoBitLinear))
-    report["_packed_weight_scale_dtype_after_load_f32"] = str(
-        m.model.layers[0].self_attn.q_proj.weight_scale.dtype)
-    del m
-    # what does a bf16 load keep?
-    m = hf_load(d_pk, torch.bfloat16)
-    report["_packed_bf16_load_weight_dtype"] = str(m.model.layers[0].self_attn.q_proj.weight.dtype)
-    report["_packed_bf16_load_weight_scale_dtype"] = str(m.model.layers[0].self_attn.q_proj.weight_scale.dtype)
     del m
     finish("bitnet_packed", d_pk, cfg_pk, ref_args=("offline", "bitnet", "relu2"), ref_sd=ref_pk,
            hf_dir=d_pk, extra_dtypes=(torch.bfloat16,), report=report)
+    report["bitnet_packed"].update(seed=seed, conditioning=conds[1])
     e_on = load_file(str(d_on / "expected.safetensors"))
     e_pk = load_file(str(d_pk / "expected.safetensors"))
     report["_online_vs_packed_f32_logits"] = spread(e_pk["logits"], e_on["logits"])
 
     # ---- (c) 1bitLLM layout ---------------------------------------------------
-    w1 = make_weights(4321, 4, subln="1bitllm", untied=False)
     cfg_1b = dict(sorted({
         "architectures": ["BitnetForCausalLM"],
         "model_type": "llama",
@@ -532,6 +695,12 @@ def main():
         "tie_word_embeddings": True,
         "torch_dtype": "float32",
     }.items()))
+
+    def build_1b(seed):
+        return [(make_weights(seed, 4, subln="1bitllm", untied=False), cfg_1b, "ste", "1bitllm", "silu")]
+
+    seed, conds = search_seed("1bitllm", 2000, args.seeds, build_1b)
+    w1 = make_weights(seed, 4, subln="1bitllm", untied=False)
     d_1b = out / "bitnet_1bitllm_f32"
     write_model_dir(d_1b, cfg_1b, w1)
     # transformers has no class for this layout; the 1bitLLM forward is the
@@ -544,14 +713,13 @@ def main():
     check_hf_weights(sur, ren)
     finish("bitnet_1bitllm_f32", d_1b, cfg_1b, ref_args=("ste", "1bitllm", "silu"), ref_sd=w1,
            hf_dir=sur, report=report)
+    report["bitnet_1bitllm_f32"].update(seed=seed, conditioning=conds[0])
     # the faithful 1bitLLM (STE-form) f32 reference vs the plain fake-quant form
     r_ste = ref_forward(w1, cfg_1b, PROMPT, torch.float32, "ste", "1bitllm", "silu")
     r_plain = ref_forward(w1, cfg_1b, PROMPT, torch.float32, "online", "1bitllm", "silu")
     report["bitnet_1bitllm_f32"]["ref_f32_ste_vs_plain"] = spread(r_ste, r_plain)
 
     # ---- (d) dense LLaMA baseline, f16, untied lm_head -------------------------
-    wd = make_weights(999, 2, subln=None, untied=True)
-    wd16 = {k: v.to(torch.float16) for k, v in wd.items()}
     cfg_d = dict(sorted({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -565,6 +733,21 @@ def main():
         "tie_word_embeddings": False,
         "torch_dtype": "float16",
     }.items()))
+
+    def dense_w(seed):
+        return {k: v.to(torch.float16) for k, v in make_weights(seed, 2, subln=None, untied=True).items()}
+
+    def build_d(seed):
+        return [({k: v.float() for k, v in dense_w(seed).items()}, cfg_d, "dense", None, "silu")]
+
+    # no quantisation: the margin is all that matters, take the first good seed
+    seed, conds = None, None
+    for s_ in range(3000, 3000 + args.seeds):
+        c = conditioning(*build_d(s_)[0])
+        if c["min_margin"] >= 0.05 and c["distinct_greedy"] >= 4:
+            seed, conds = s_, [c]
+            break
+    wd16 = dense_w(seed)
     d_d = out / "llama_dense_f16"
     write_model_dir(d_d, cfg_d, wd16)
     ref_d = {k: v.float() for k, v in wd16.items()}
@@ -573,15 +756,18 @@ def main():
     del m
     finish("llama_dense_f16", d_d, cfg_d, ref_args=("dense", None, "silu"), ref_sd=ref_d,
            hf_dir=d_d, report=report)
+    report["llama_dense_f16"].update(seed=seed, conditioning=conds[0])
 
     shutil.rmtree(tmp, ignore_errors=True)
+    report["_dtypes_right_after_from_pretrained"] = LOAD_DTYPES
     report["_versions"] = {
         "python": sys.version.split()[0], "torch": torch.__version__,
         "transformers": transformers.__version__, "safetensors": safetensors.__version__,
         "numpy": np.__version__,
     }
     report["_sizes"] = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*"))
-                        if p.is_file()}
+                        if p.is_file() and p.name not in ("report.json", "README.md")}
+    (out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
     print(json.dumps(report, indent=1))
 
 

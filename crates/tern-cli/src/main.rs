@@ -1,6 +1,7 @@
 //! `tern`: BitNet b1.58 ternary models on CPUs.
 
 mod bench_kernels;
+mod bench_model;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,8 @@ enum Command {
 enum BenchWhat {
     /// Ternary vs f16 vs f32 GEMV/GEMM on real model shapes, plus the read-bandwidth roofline.
     Kernels(bench_kernels::Args),
+    /// Whole-model prompt processing and generation speed (ppN / tgN), ternary or dense.
+    Model(bench_model::Args),
 }
 
 fn main() {
@@ -32,6 +35,9 @@ fn main() {
         Command::Bench {
             what: BenchWhat::Kernels(args),
         } => bench_kernels::run(&args),
+        Command::Bench {
+            what: BenchWhat::Model(args),
+        } => bench_model::run(&args),
     };
     if let Err(e) = result {
         eprintln!("tern: error: {e:#}");

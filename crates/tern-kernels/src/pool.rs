@@ -130,8 +130,16 @@ impl ThreadPool {
             s.wake.notify_all();
         }
         let caller = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| take_tasks(s, f)));
+        // Spin briefly (the common case: the worker is a few microseconds behind), then yield
+        // so that a worker the OS put on this core can finish its task.
+        let mut spins = 0u32;
         while s.pending.load(Acquire) != 0 {
-            std::hint::spin_loop();
+            spins += 1;
+            if spins < 1 << 14 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
         if let Err(p) = caller {
             std::panic::resume_unwind(p);

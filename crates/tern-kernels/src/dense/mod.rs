@@ -42,10 +42,12 @@ fn check_isa(isa: Isa, what: &str) {
 
 /// How many tasks `work` is worth: one per pool thread, or one (inline) when small.
 fn task_count(work: usize, pool: &ThreadPool) -> usize {
-    if work < INLINE_WORK {
+    // Four runs per thread, as the ternary kernels: a thread the OS delays holds up a small
+    // share only.
+    if work < INLINE_WORK || pool.threads() == 1 {
         1
     } else {
-        pool.threads()
+        pool.threads() * 4
     }
 }
 

@@ -303,13 +303,12 @@ pub fn matmul_with(
     if groups == 0 || x.n == 0 {
         return;
     }
-    // Tasks are runs of whole groups. A decode GEMV splits evenly across threads (it is
-    // memory-bound: one contiguous stream each); a GEMM uses smaller runs for balance.
+    // Tasks are runs of whole groups, four per thread: runs stay long enough to stream
+    // (hundreds of KB at decode shapes), and a thread the OS delays holds up only a small
+    // share of the call instead of half of it.
     let work = groups * w.blocks() * x.n;
     let tasks = if pool.threads() == 1 || work < 2048 {
         1
-    } else if x.n == 1 {
-        pool.threads().min(groups)
     } else {
         (pool.threads() * 4).min(groups.div_ceil(2))
     };

@@ -1,0 +1,208 @@
+//! `tern bench model`: llama-bench style prompt processing (`ppN`) and generation (`tgN`)
+//! throughput of a whole model, ternary or dense, on a file or a synthetic shape.
+
+use anyhow::{bail, Context, Result};
+use std::time::Instant;
+use tern_kernels::rng::Rng;
+use tern_kernels::{Layout, ThreadPool};
+use tern_model::forward::Logits;
+use tern_model::model::{synthetic_bytes, SyntheticHead, SyntheticWeights};
+use tern_model::{Model, State};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A model directory or file (not yet: use --shape).
+    model: Option<String>,
+    /// A synthetic model of a named shape with random weights: 700m, 2b4t, 3b, 7b, 13b, 70b.
+    #[arg(long)]
+    shape: Option<String>,
+    /// Dense projections instead of ternary (the FP baseline of the same shape): f16 or f32.
+    #[arg(long)]
+    dense: Option<String>,
+    /// Ternary compute layout.
+    #[arg(long, default_value = "tern2")]
+    layout: String,
+    /// LM head of a synthetic model: f16 (tied embeddings) or int8.
+    #[arg(long, default_value = "f16")]
+    head: String,
+    /// Prompt lengths to time (ppN rows).
+    #[arg(long, value_delimiter = ',', default_value = "128,512")]
+    prompt: Vec<usize>,
+    /// Generation lengths to time (tgN rows).
+    #[arg(long, value_delimiter = ',', default_value = "128")]
+    gen: Vec<usize>,
+    /// Repetitions per row (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Threads (0 = all cores).
+    #[arg(long, short = 't', default_value_t = 0)]
+    threads: usize,
+    /// JSON Lines instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let threads = if args.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        args.threads
+    };
+    let (model, name) = match (&args.model, &args.shape) {
+        (Some(_), _) => {
+            bail!("tern bench model: loading model files is not implemented yet; use --shape")
+        }
+        (None, None) => {
+            bail!("tern bench model: give a model path or --shape (700m, 2b4t, 3b, 7b, 13b, 70b)")
+        }
+        (None, Some(shape)) => (synthetic(args, shape)?, shape.clone()),
+    };
+    let pool = ThreadPool::new(threads);
+    let weights = model.layers[0].q.type_name();
+    let longest = args
+        .prompt
+        .iter()
+        .chain(&args.gen)
+        .copied()
+        .max()
+        .unwrap_or(1);
+    let mut state = State::new(
+        &model.config,
+        longest.min(model.config.max_seq_len),
+        512,
+        threads,
+    )?;
+    let mut rng = Rng::new(7);
+    let vocab = model.config.vocab_size as u64;
+    if !args.json {
+        println!(
+            "model {name} ({weights}, head {}), {} threads, {:.2} GB of weights read per token",
+            model.head_type(),
+            threads,
+            model.bytes_per_token() as f64 / 1e9
+        );
+        println!("| test   |   tokens/s | ms/token | ");
+        println!("|--------|-----------:|---------:|");
+    }
+    let mut rows = Vec::new();
+    for &n in &args.prompt {
+        let tokens: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
+        let secs = median_of(args.reps, || {
+            state.reset();
+            let t = Instant::now();
+            model
+                .forward(&tokens, &mut state, Logits::Last, &pool)
+                .map(|_| t.elapsed().as_secs_f64())
+        })?;
+        rows.push((format!("pp{n}"), n as f64 / secs));
+    }
+    for &n in &args.gen {
+        let secs = median_of(args.reps, || {
+            state.reset();
+            let mut tok = rng.below(vocab) as u32;
+            let t = Instant::now();
+            for _ in 0..n {
+                let logits = model.forward(&[tok], &mut state, Logits::Last, &pool)?;
+                tok = argmax(logits);
+            }
+            Ok(t.elapsed().as_secs_f64())
+        })?;
+        rows.push((format!("tg{n}"), n as f64 / secs));
+    }
+    let rss = peak_rss_bytes();
+    for (test, tps) in rows {
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "test": test, "model": name, "weights": weights, "head": model.head_type(),
+                    "threads": threads, "tokens_per_s": tps, "peak_rss_bytes": rss,
+                    "bytes_per_token": model.bytes_per_token(),
+                })
+            );
+        } else {
+            println!("| {test:<6} | {tps:>10.2} | {:>8.2} |", 1e3 / tps);
+        }
+    }
+    if !args.json {
+        println!("peak RSS {:.2} GB", rss as f64 / 1e9);
+    }
+    Ok(())
+}
+
+fn synthetic(args: &Args, shape: &str) -> Result<Model> {
+    let config = tern_model::shapes::named(shape).with_context(|| {
+        let names: Vec<&str> = tern_model::shapes::NAMES.iter().map(|n| n.0).collect();
+        format!(
+            "unknown shape {shape:?} (expected one of {})",
+            names.join(", ")
+        )
+    })?;
+    let weights = match args.dense.as_deref() {
+        None => SyntheticWeights::Ternary(
+            Layout::from_name(&args.layout)
+                .with_context(|| format!("unknown layout {:?} (tern2 or tern3)", args.layout))?,
+        ),
+        Some("f16") => SyntheticWeights::F16,
+        Some("f32") => SyntheticWeights::F32,
+        Some(other) => bail!("--dense {other:?}: expected f16 or f32"),
+    };
+    let head = match args.head.as_str() {
+        "f16" => SyntheticHead::Tied,
+        "int8" => SyntheticHead::Int8,
+        other => bail!("--head {other:?}: expected f16 or int8"),
+    };
+    let need = synthetic_bytes(&config, weights);
+    if let Some(avail) = mem_available_bytes() {
+        if need > avail * 9 / 10 {
+            bail!(
+                "shape {shape} needs about {:.1} GB of weights; this machine has {:.1} GB available",
+                need as f64 / 1e9,
+                avail as f64 / 1e9
+            );
+        }
+    }
+    Ok(Model::synthetic(config, weights, head, 1))
+}
+
+fn median_of(
+    reps: usize,
+    mut f: impl FnMut() -> Result<f64, tern_model::ModelError>,
+) -> Result<f64> {
+    let mut v = Vec::new();
+    for _ in 0..reps.max(1) {
+        v.push(f()?);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Ok(v[v.len() / 2])
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), 0 where unknown.
+pub fn peak_rss_bytes() -> u64 {
+    read_status_kb("/proc/self/status", "VmHWM:").unwrap_or(0) * 1024
+}
+
+fn mem_available_bytes() -> Option<usize> {
+    read_status_kb("/proc/meminfo", "MemAvailable:").map(|kb| kb as usize * 1024)
+}
+
+fn read_status_kb(path: &str, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}

@@ -1,0 +1,444 @@
+//! The forward pass: embeddings, N BitNet blocks, final norm, LM head; with a KV cache.
+//!
+//! ```text
+//! h = x + o_proj(attn_sub_norm(Attn(rope(q, k), v)))   q, k, v = proj(input_layernorm(x))
+//! y = h + down_proj(ffn_sub_norm(act(gate(z)) * up(z)))  z = post_attention_layernorm(h)
+//! ```
+//!
+//! All buffers live in [`State`], sized once for a context length and a batch size: a decode
+//! step allocates nothing.
+
+use crate::config::{Activation, ModelConfig};
+use crate::error::ModelError;
+use crate::model::{Head, Linear, Model};
+use tern_kernels::actquant::{quantize_acts, QuantizedActs};
+use tern_kernels::dense;
+use tern_kernels::pool::SyncPtr;
+use tern_kernels::ThreadPool;
+
+/// Which logits a forward call produces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token's (generation).
+    Last,
+    /// Every token's, `[n][vocab]` (parity checks, perplexity).
+    All,
+}
+
+/// KV cache and scratch buffers for one sequence.
+pub struct State {
+    capacity: usize,
+    max_batch: usize,
+    /// Tokens already in the cache.
+    pos: usize,
+    k_cache: Vec<f32>,
+    v_cache: Vec<f32>,
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    proj: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    xq: QuantizedActs,
+    scores: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+impl State {
+    /// A state for sequences of up to `capacity` tokens, processed `max_batch` at a time
+    /// (larger prompts are split into chunks).
+    pub fn new(
+        config: &ModelConfig,
+        capacity: usize,
+        max_batch: usize,
+        threads: usize,
+    ) -> Result<State, ModelError> {
+        if capacity == 0 || capacity > config.max_seq_len {
+            return Err(ModelError::Other(format!(
+                "context of {capacity} tokens requested; the model supports 1 to {}",
+                config.max_seq_len
+            )));
+        }
+        let c = config;
+        let b = max_batch.clamp(1, capacity);
+        let cache = c.num_layers * capacity * c.kv_dim();
+        let half = c.head_dim / 2;
+        // HF's rotary table: inv_freq_i = 1 / theta^(2i / d), angle = position * inv_freq_i, f32.
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / c.rope_theta.powf((2 * i) as f32 / c.head_dim as f32))
+            .collect();
+        let mut rope_cos = Vec::with_capacity(capacity * half);
+        let mut rope_sin = Vec::with_capacity(capacity * half);
+        for p in 0..capacity {
+            for &f in &inv_freq {
+                let a = p as f32 * f;
+                rope_cos.push(a.cos());
+                rope_sin.push(a.sin());
+            }
+        }
+        let widest = c.hidden_size.max(c.intermediate_size).max(c.q_dim());
+        Ok(State {
+            capacity,
+            max_batch: b,
+            pos: 0,
+            k_cache: vec![0.0; cache],
+            v_cache: vec![0.0; cache],
+            rope_cos,
+            rope_sin,
+            x: vec![0.0; b * c.hidden_size],
+            xn: vec![0.0; b * widest],
+            q: vec![0.0; b * c.q_dim()],
+            k: vec![0.0; b * c.kv_dim()],
+            v: vec![0.0; b * c.kv_dim()],
+            att: vec![0.0; b * c.q_dim()],
+            proj: vec![0.0; b * c.hidden_size],
+            gate: vec![0.0; b * c.intermediate_size],
+            up: vec![0.0; b * c.intermediate_size],
+            xq: QuantizedActs::new(),
+            scores: vec![0.0; threads.max(1) * capacity],
+            logits: vec![0.0; c.vocab_size],
+        })
+    }
+
+    /// Tokens in the cache.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    /// Forgets the sequence (the buffers stay allocated).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+    /// Drops cached tokens after `pos` (e.g. to re-run a prompt suffix).
+    pub fn truncate(&mut self, pos: usize) {
+        self.pos = self.pos.min(pos);
+    }
+}
+
+impl Model {
+    /// Runs `tokens` (appended after the cached ones) and returns the requested logits:
+    /// `[vocab]` for [`Logits::Last`], `[tokens.len()][vocab]` for [`Logits::All`].
+    pub fn forward<'s>(
+        &self,
+        tokens: &[u32],
+        state: &'s mut State,
+        which: Logits,
+        pool: &ThreadPool,
+    ) -> Result<&'s [f32], ModelError> {
+        let c = &self.config;
+        if state.pos + tokens.len() > state.capacity {
+            return Err(ModelError::ContextOverflow {
+                tokens: state.pos + tokens.len(),
+                generate: 0,
+                context: state.capacity,
+            });
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(ModelError::Other(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                c.vocab_size
+            )));
+        }
+        if tokens.is_empty() {
+            return Ok(&state.logits[..0]);
+        }
+        if which == Logits::All {
+            state.logits.resize(tokens.len() * c.vocab_size, 0.0);
+        }
+        let mut done = 0;
+        for chunk in tokens.chunks(state.max_batch) {
+            self.forward_chunk(chunk, state, pool);
+            let n = chunk.len();
+            match which {
+                Logits::All => {
+                    let (xn, logits) = (&state.xn, &mut state.logits);
+                    self.head_forward(
+                        xn,
+                        n,
+                        &mut state.xq,
+                        &mut logits[done * c.vocab_size..(done + n) * c.vocab_size],
+                        pool,
+                    );
+                }
+                Logits::Last if done + n == tokens.len() => {
+                    let last = &state.xn[(n - 1) * c.hidden_size..n * c.hidden_size];
+                    self.head_forward(
+                        last,
+                        1,
+                        &mut state.xq,
+                        &mut state.logits[..c.vocab_size],
+                        pool,
+                    );
+                }
+                Logits::Last => {}
+            }
+            done += n;
+        }
+        Ok(match which {
+            Logits::Last => &state.logits[..c.vocab_size],
+            Logits::All => &state.logits[..tokens.len() * c.vocab_size],
+        })
+    }
+
+    /// One chunk of at most `max_batch` tokens; leaves the final-normed hidden states of the
+    /// chunk in `state.xn` (`[n][hidden]`).
+    fn forward_chunk(&self, tokens: &[u32], s: &mut State, pool: &ThreadPool) {
+        let c = &self.config;
+        let (n, d) = (tokens.len(), c.hidden_size);
+        for (t, &tok) in tokens.iter().enumerate() {
+            self.embed
+                .row_into(tok as usize, &mut s.x[t * d..(t + 1) * d]);
+        }
+        let (qd, kvd, inter) = (c.q_dim(), c.kv_dim(), c.intermediate_size);
+        for (li, layer) in self.layers.iter().enumerate() {
+            // Attention.
+            rms_norm(
+                &s.x[..n * d],
+                &layer.attn_norm,
+                c.rms_norm_eps,
+                &mut s.xn[..n * d],
+            );
+            quantize_for(
+                &[&layer.q, &layer.k, &layer.v],
+                &s.xn[..n * d],
+                n,
+                d,
+                &mut s.xq,
+                pool,
+            );
+            layer
+                .q
+                .forward(&s.xn[..n * d], &s.xq, n, &mut s.q[..n * qd], pool);
+            layer
+                .k
+                .forward(&s.xn[..n * d], &s.xq, n, &mut s.k[..n * kvd], pool);
+            layer
+                .v
+                .forward(&s.xn[..n * d], &s.xq, n, &mut s.v[..n * kvd], pool);
+            for t in 0..n {
+                let p = s.pos + t;
+                let half = c.head_dim / 2;
+                let cos = &s.rope_cos[p * half..(p + 1) * half];
+                let sin = &s.rope_sin[p * half..(p + 1) * half];
+                for h in 0..c.num_heads {
+                    rope(&mut s.q[t * qd + h * c.head_dim..][..c.head_dim], cos, sin);
+                }
+                for h in 0..c.num_kv_heads {
+                    rope(&mut s.k[t * kvd + h * c.head_dim..][..c.head_dim], cos, sin);
+                }
+                let at = (li * s.capacity + p) * kvd;
+                s.k_cache[at..at + kvd].copy_from_slice(&s.k[t * kvd..(t + 1) * kvd]);
+                s.v_cache[at..at + kvd].copy_from_slice(&s.v[t * kvd..(t + 1) * kvd]);
+            }
+            attention(c, li, n, s, pool);
+            let att_in: &[f32] = match &layer.attn_sub_norm {
+                Some(w) => {
+                    rms_norm(&s.att[..n * qd], w, c.rms_norm_eps, &mut s.xn[..n * qd]);
+                    &s.xn[..n * qd]
+                }
+                None => &s.att[..n * qd],
+            };
+            quantize_for(&[&layer.o], att_in, n, qd, &mut s.xq, pool);
+            layer
+                .o
+                .forward(att_in, &s.xq, n, &mut s.proj[..n * d], pool);
+            add_into(&mut s.x[..n * d], &s.proj[..n * d]);
+
+            // Feed-forward.
+            rms_norm(
+                &s.x[..n * d],
+                &layer.ffn_norm,
+                c.rms_norm_eps,
+                &mut s.xn[..n * d],
+            );
+            quantize_for(
+                &[&layer.gate, &layer.up],
+                &s.xn[..n * d],
+                n,
+                d,
+                &mut s.xq,
+                pool,
+            );
+            layer
+                .gate
+                .forward(&s.xn[..n * d], &s.xq, n, &mut s.gate[..n * inter], pool);
+            layer
+                .up
+                .forward(&s.xn[..n * d], &s.xq, n, &mut s.up[..n * inter], pool);
+            gated_activation(c.activation, &mut s.gate[..n * inter], &s.up[..n * inter]);
+            let ffn_in: &[f32] = match &layer.ffn_sub_norm {
+                Some(w) => {
+                    rms_norm(
+                        &s.gate[..n * inter],
+                        w,
+                        c.rms_norm_eps,
+                        &mut s.xn[..n * inter],
+                    );
+                    &s.xn[..n * inter]
+                }
+                None => &s.gate[..n * inter],
+            };
+            quantize_for(&[&layer.down], ffn_in, n, inter, &mut s.xq, pool);
+            layer
+                .down
+                .forward(ffn_in, &s.xq, n, &mut s.proj[..n * d], pool);
+            add_into(&mut s.x[..n * d], &s.proj[..n * d]);
+        }
+        rms_norm(
+            &s.x[..n * d],
+            &self.norm,
+            c.rms_norm_eps,
+            &mut s.xn[..n * d],
+        );
+        s.pos += n;
+    }
+
+    /// Logits `[n][vocab]` of `n` final-normed hidden states.
+    fn head_forward(
+        &self,
+        xn: &[f32],
+        n: usize,
+        xq: &mut QuantizedActs,
+        out: &mut [f32],
+        pool: &ThreadPool,
+    ) {
+        let c = &self.config;
+        let xn = &xn[..n * c.hidden_size];
+        match &self.head {
+            Head::Tied => self
+                .embed
+                .matmul(c.vocab_size, c.hidden_size, xn, n, out, pool),
+            Head::F16(w) => dense::matmul_f16(w, c.vocab_size, c.hidden_size, xn, n, out, pool),
+            Head::F32(w) => dense::matmul_f32(w, c.vocab_size, c.hidden_size, xn, n, out, pool),
+            Head::Int8(m) => {
+                quantize_acts(xn, n, c.hidden_size, xq, pool);
+                dense::gemv_i8(m, xq, out, pool);
+            }
+        }
+    }
+}
+
+/// Quantizes `x` once if any of the projections that read it is ternary.
+fn quantize_for(
+    projs: &[&Linear],
+    x: &[f32],
+    n: usize,
+    k: usize,
+    xq: &mut QuantizedActs,
+    pool: &ThreadPool,
+) {
+    if projs.iter().any(|p| p.is_ternary()) {
+        quantize_acts(&x[..n * k], n, k, xq, pool);
+    }
+}
+
+/// RMSNorm in f32 over rows of `w.len()`: `x / sqrt(mean(x^2) + eps) * w`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ms = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
+            *o = g * (v * inv);
+        }
+    }
+}
+
+/// Rotate-half RoPE (HF / NeoX pairing): dimension i pairs with i + d/2.
+fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = x.len() / 2;
+    let (a, b) = x.split_at_mut(half);
+    for i in 0..half {
+        let (x0, x1) = (a[i], b[i]);
+        a[i] = x0 * cos[i] - x1 * sin[i];
+        b[i] = x1 * cos[i] + x0 * sin[i];
+    }
+}
+
+fn add_into(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// `gate = act(gate) * up`, in place.
+fn gated_activation(act: Activation, gate: &mut [f32], up: &[f32]) {
+    match act {
+        Activation::Relu2 => {
+            for (g, &u) in gate.iter_mut().zip(up) {
+                let r = g.max(0.0);
+                *g = r * r * u;
+            }
+        }
+        Activation::Silu => {
+            for (g, &u) in gate.iter_mut().zip(up) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        }
+    }
+}
+
+/// Causal GQA attention of the chunk's `n` queries (positions `pos - n .. pos` after the
+/// cache update, i.e. `s.pos + t`) against the cache, into `s.att`.
+fn attention(c: &ModelConfig, layer: usize, n: usize, s: &mut State, pool: &ThreadPool) {
+    let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
+    let group = c.gqa_group();
+    let scale = 1.0 / (hd as f32).sqrt();
+    let pairs = n * c.num_heads;
+    let cap = s.capacity;
+    let scratch_rows = s.scores.len() / cap;
+    let tasks = if n * (s.pos + n) * c.num_heads * hd < 1 << 16 {
+        1
+    } else {
+        pool.threads().min(pairs).min(scratch_rows)
+    };
+    let base = s.pos;
+    let kc = &s.k_cache[layer * cap * kvd..(layer + 1) * cap * kvd];
+    let vc = &s.v_cache[layer * cap * kvd..(layer + 1) * cap * kvd];
+    let q = &s.q;
+    let att = SyncPtr(s.att.as_mut_ptr());
+    let scores = SyncPtr(s.scores.as_mut_ptr());
+    pool.run(tasks, &|task| {
+        // SAFETY: each task owns scratch row `task` of `scores` (tasks <= its rows) and the
+        // disjoint (token, head)
+        // pairs of its range in `att`; both buffers outlive `pool.run`.
+        let sc = unsafe { std::slice::from_raw_parts_mut(scores.get().add(task * cap), cap) };
+        let lo = pairs * task / tasks;
+        let hi = pairs * (task + 1) / tasks;
+        for pair in lo..hi {
+            let (t, h) = (pair / c.num_heads, pair % c.num_heads);
+            let len = base + t + 1;
+            let qv = &q[t * qd + h * hd..][..hd];
+            let kvh = (h / group) * hd;
+            let mut max = f32::NEG_INFINITY;
+            for (j, sj) in sc[..len].iter_mut().enumerate() {
+                let kv = &kc[j * kvd + kvh..][..hd];
+                *sj = qv.iter().zip(kv).map(|(a, b)| a * b).sum::<f32>() * scale;
+                max = max.max(*sj);
+            }
+            let mut sum = 0.0;
+            for sj in &mut sc[..len] {
+                *sj = (*sj - max).exp();
+                sum += *sj;
+            }
+            let inv = 1.0 / sum;
+            // SAFETY: see above; (t, h) is this task's pair.
+            let out = unsafe { std::slice::from_raw_parts_mut(att.get().add(t * qd + h * hd), hd) };
+            out.fill(0.0);
+            for (j, &w) in sc[..len].iter().enumerate() {
+                let vv = &vc[j * kvd + kvh..][..hd];
+                let w = w * inv;
+                for (o, &v) in out.iter_mut().zip(vv) {
+                    *o += w * v;
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,21 @@
+//! BitNet b1.58 models on CPUs: configuration, weights, the forward pass with a KV cache,
+//! sampling and generation.
+//!
+//! The forward pass follows `bitnet-spec.md` sections 1-2 (LLaMA-style blocks with sub-norms,
+//! squared-ReLU or SiLU gated FFN, GQA, rotate-half RoPE); every BitLinear runs on
+//! `tern-kernels` (int8 activations x packed ternary weights), everything else in f32.
+
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod hf;
+pub mod model;
+pub mod sample;
+pub mod shapes;
+pub mod tokenizer;
+
+pub use config::{Activation, ModelConfig};
+pub use error::ModelError;
+pub use forward::State;
+pub use model::{Embedding, Head, Layer, Linear, Model};

@@ -1,0 +1,317 @@
+//! A loaded model: weights in the forms the kernels run on.
+
+use crate::config::ModelConfig;
+use half::f16;
+use tern_kernels::actquant::QuantizedActs;
+use tern_kernels::dense::{self, Int8Matrix};
+use tern_kernels::rng::Rng;
+use tern_kernels::ternary::{self, Layout, PackedTernary};
+use tern_kernels::{TernaryMatrix, ThreadPool};
+
+/// One projection. BitNet models have ternary projections; the FP baselines of the paper's
+/// comparisons (and FP models trained by tern) have dense ones of the same shape.
+#[derive(Clone, Debug)]
+pub enum Linear {
+    Ternary(PackedTernary),
+    F16 {
+        w: Vec<f16>,
+        rows: usize,
+        cols: usize,
+    },
+    F32 {
+        w: Vec<f32>,
+        rows: usize,
+        cols: usize,
+    },
+}
+
+impl Linear {
+    pub fn rows(&self) -> usize {
+        match self {
+            Linear::Ternary(p) => p.rows(),
+            Linear::F16 { rows, .. } | Linear::F32 { rows, .. } => *rows,
+        }
+    }
+    pub fn cols(&self) -> usize {
+        match self {
+            Linear::Ternary(p) => p.cols(),
+            Linear::F16 { cols, .. } | Linear::F32 { cols, .. } => *cols,
+        }
+    }
+    pub fn is_ternary(&self) -> bool {
+        matches!(self, Linear::Ternary(_))
+    }
+    /// Bytes one forward pass reads (what decode pays for).
+    pub fn byte_len(&self) -> usize {
+        match self {
+            Linear::Ternary(p) => p.byte_len(),
+            Linear::F16 { w, .. } => w.len() * 2,
+            Linear::F32 { w, .. } => w.len() * 4,
+        }
+    }
+    pub fn type_name(&self) -> String {
+        match self {
+            Linear::Ternary(p) => format!("ternary/{}", p.layout().name()),
+            Linear::F16 { .. } => "f16".into(),
+            Linear::F32 { .. } => "f32".into(),
+        }
+    }
+
+    /// `y (n x rows) = x (n x cols) W^T`. Ternary projections read `xq`, the caller's int8
+    /// quantization of `x` (shared by every projection of the same input); dense ones read `x`.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        xq: &QuantizedActs,
+        n: usize,
+        y: &mut [f32],
+        pool: &ThreadPool,
+    ) {
+        match self {
+            Linear::Ternary(p) => ternary::matmul(p, xq, y, pool),
+            Linear::F16 { w, rows, cols } => dense::matmul_f16(w, *rows, *cols, x, n, y, pool),
+            Linear::F32 { w, rows, cols } => dense::matmul_f32(w, *rows, *cols, x, n, y, pool),
+        }
+    }
+}
+
+/// The token embedding table, `[vocab][hidden]`, in the precision of the checkpoint (f16 for
+/// f16 / bf16 files; f32 kept for f32 files: rounding an f32 table to f16 moves the int8
+/// activation codes of the first layer, measured 1.8e-2 relative L2 on the 1bitLLM fixture).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Embedding {
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+}
+
+impl Embedding {
+    /// Element `i` of the flattened table.
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            Embedding::F16(v) => v[i].to_f32(),
+            Embedding::F32(v) => v[i],
+        }
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            Embedding::F16(v) => v.len(),
+            Embedding::F32(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn byte_len(&self) -> usize {
+        match self {
+            Embedding::F16(v) => v.len() * 2,
+            Embedding::F32(v) => v.len() * 4,
+        }
+    }
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Embedding::F16(_) => "f16",
+            Embedding::F32(_) => "f32",
+        }
+    }
+    /// Copies row `row` (`out.len()` wide) into `out` as f32.
+    pub fn row_into(&self, row: usize, out: &mut [f32]) {
+        let d = out.len();
+        match self {
+            Embedding::F16(v) => out
+                .iter_mut()
+                .zip(&v[row * d..(row + 1) * d])
+                .for_each(|(o, x)| *o = x.to_f32()),
+            Embedding::F32(v) => out.copy_from_slice(&v[row * d..(row + 1) * d]),
+        }
+    }
+    /// `y (n x rows) = x (n x cols) E^T`: the table used as the LM head.
+    pub fn matmul(
+        &self,
+        rows: usize,
+        cols: usize,
+        x: &[f32],
+        n: usize,
+        y: &mut [f32],
+        pool: &ThreadPool,
+    ) {
+        match self {
+            Embedding::F16(w) => dense::matmul_f16(w, rows, cols, x, n, y, pool),
+            Embedding::F32(w) => dense::matmul_f32(w, rows, cols, x, n, y, pool),
+        }
+    }
+}
+
+/// The output projection (LM head).
+#[derive(Clone, Debug)]
+pub enum Head {
+    /// The token embedding table, transposed use (tied embeddings).
+    Tied,
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+    /// Per-row int8 weights with int8 activations: a quarter of f16's bytes, measured
+    /// perplexity cost reported by `tern eval`.
+    Int8(Int8Matrix),
+}
+
+/// One transformer block.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    /// SubLN before o_proj (`attn_sub_norm` / 1bitLLM `inner_attn_ln`).
+    pub attn_sub_norm: Option<Vec<f32>>,
+    pub o: Linear,
+    pub ffn_norm: Vec<f32>,
+    pub gate: Linear,
+    pub up: Linear,
+    /// SubLN before down_proj (`ffn_sub_norm` / 1bitLLM `ffn_layernorm`).
+    pub ffn_sub_norm: Option<Vec<f32>>,
+    pub down: Linear,
+}
+
+/// A model ready to run.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub config: ModelConfig,
+    /// Token embeddings, `[vocab][hidden]`.
+    pub embed: Embedding,
+    pub layers: Vec<Layer>,
+    pub norm: Vec<f32>,
+    pub head: Head,
+}
+
+/// What a synthetic model's projections are made of.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SyntheticWeights {
+    Ternary(Layout),
+    F16,
+    F32,
+}
+
+impl Model {
+    /// A model of the given shape with random weights (ternary with P(0) = 1/3, or dense),
+    /// unit norms and small random embeddings: for benchmarks of real shapes without files.
+    /// Every layer holds a copy of the same random block.
+    pub fn synthetic(
+        config: ModelConfig,
+        weights: SyntheticWeights,
+        head: SyntheticHead,
+        seed: u64,
+    ) -> Model {
+        let mut rng = Rng::new(seed);
+        let c = &config;
+        let linear = |rows: usize, cols: usize, rng: &mut Rng| -> Linear {
+            // The scale of a trained layer: gamma ~ 1/sqrt(cols) keeps activations O(1).
+            let gamma = 1.0 / (cols as f32).sqrt();
+            match weights {
+                SyntheticWeights::Ternary(layout) => Linear::Ternary(PackedTernary::pack(
+                    &TernaryMatrix::random(rows, cols, gamma, rng),
+                    layout,
+                )),
+                SyntheticWeights::F16 => Linear::F16 {
+                    w: (0..rows * cols)
+                        .map(|_| f16::from_f32(rng.unit_f32() * gamma * 1.7))
+                        .collect(),
+                    rows,
+                    cols,
+                },
+                SyntheticWeights::F32 => Linear::F32 {
+                    w: (0..rows * cols)
+                        .map(|_| rng.unit_f32() * gamma * 1.7)
+                        .collect(),
+                    rows,
+                    cols,
+                },
+            }
+        };
+        // One random block, copied into every layer: the copies are separate memory, so a
+        // token still streams every layer's weights, and building a 70B shape takes seconds.
+        let block = Layer {
+            attn_norm: vec![1.0; c.hidden_size],
+            q: linear(c.q_dim(), c.hidden_size, &mut rng),
+            k: linear(c.kv_dim(), c.hidden_size, &mut rng),
+            v: linear(c.kv_dim(), c.hidden_size, &mut rng),
+            attn_sub_norm: c.sub_norms.then(|| vec![1.0; c.q_dim()]),
+            o: linear(c.hidden_size, c.q_dim(), &mut rng),
+            ffn_norm: vec![1.0; c.hidden_size],
+            gate: linear(c.intermediate_size, c.hidden_size, &mut rng),
+            up: linear(c.intermediate_size, c.hidden_size, &mut rng),
+            ffn_sub_norm: c.sub_norms.then(|| vec![1.0; c.intermediate_size]),
+            down: linear(c.hidden_size, c.intermediate_size, &mut rng),
+        };
+        let layers = vec![block; c.num_layers];
+        let table: Vec<f16> = (0..c.vocab_size * c.hidden_size)
+            .map(|_| f16::from_f32(rng.unit_f32() * 0.05))
+            .collect();
+        let head = match head {
+            SyntheticHead::Tied => Head::Tied,
+            SyntheticHead::Int8 => {
+                let w: Vec<f32> = table.iter().map(|v| v.to_f32()).collect();
+                Head::Int8(Int8Matrix::quantize(&w, c.vocab_size, c.hidden_size))
+            }
+        };
+        let embed = Embedding::F16(table);
+        Model {
+            embed,
+            layers,
+            norm: vec![1.0; c.hidden_size],
+            head,
+            config,
+        }
+    }
+
+    /// Bytes of weights one decoded token reads: every projection, the LM head, and one
+    /// embedding row.
+    pub fn bytes_per_token(&self) -> usize {
+        let c = &self.config;
+        let proj: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                    .iter()
+                    .map(|p| p.byte_len())
+                    .sum::<usize>()
+            })
+            .sum();
+        let head = match &self.head {
+            Head::Tied => self.embed.byte_len(),
+            Head::F16(w) => w.len() * 2,
+            Head::F32(w) => w.len() * 4,
+            Head::Int8(m) => m.rows * m.cols + m.rows * 4,
+        };
+        proj + head + self.embed.byte_len() / c.vocab_size.max(1)
+    }
+
+    pub fn head_type(&self) -> String {
+        match self.head {
+            Head::Tied => format!("{} (tied)", self.embed.type_name()),
+            Head::F16(_) => "f16".into(),
+            Head::F32(_) => "f32".into(),
+            Head::Int8(_) => "int8".into(),
+        }
+    }
+}
+
+/// The LM head of a synthetic model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SyntheticHead {
+    Tied,
+    Int8,
+}
+
+/// Bytes a synthetic model of this shape will hold (weights only), to refuse shapes that do not
+/// fit in memory before allocating them.
+pub fn synthetic_bytes(c: &ModelConfig, weights: SyntheticWeights) -> usize {
+    let per_layer =
+        c.hidden_size * (2 * c.q_dim() + 2 * c.kv_dim()) + 3 * c.hidden_size * c.intermediate_size;
+    let proj = per_layer * c.num_layers;
+    let proj_bytes = match weights {
+        SyntheticWeights::Ternary(l) => (proj as f64 * l.bits_per_weight() / 8.0) as usize,
+        SyntheticWeights::F16 => proj * 2,
+        SyntheticWeights::F32 => proj * 4,
+    };
+    proj_bytes + c.vocab_size * c.hidden_size * 2
+}

@@ -1,0 +1,137 @@
+//! Named model shapes for benchmarks without files: the paper's and the public checkpoints'.
+
+use crate::config::{Activation, ModelConfig};
+
+/// `(name, description)` of every shape [`named`] knows.
+pub const NAMES: &[(&str, &str)] = &[
+    (
+        "700m",
+        "bitnet_b1_58-large (1bitLLM): 24 layers, 1536 hidden, SiLU",
+    ),
+    (
+        "2b4t",
+        "BitNet b1.58 2B4T: 30 layers, 2560 hidden, GQA 20/5, squared ReLU",
+    ),
+    (
+        "3b",
+        "bitnet_b1_58-3B (1bitLLM): 26 layers, 3200 hidden, SiLU",
+    ),
+    ("7b", "LLaMA 7B shape: 32 layers, 4096 hidden"),
+    ("13b", "LLaMA 13B shape: 40 layers, 5120 hidden"),
+    ("70b", "LLaMA 2 70B shape: 80 layers, 8192 hidden, GQA 64/8"),
+];
+
+/// The configuration of a named shape (see [`NAMES`]).
+pub fn named(name: &str) -> Option<ModelConfig> {
+    #[allow(clippy::type_complexity)]
+    let (layers, hidden, inter, heads, kv, head_dim, vocab, ctx, act, theta, eos): (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        Activation,
+        f32,
+        u32,
+    ) = match name {
+        "700m" => (
+            24,
+            1536,
+            4096,
+            16,
+            16,
+            96,
+            32002,
+            2048,
+            Activation::Silu,
+            10000.0,
+            2,
+        ),
+        "2b4t" => (
+            30,
+            2560,
+            6912,
+            20,
+            5,
+            128,
+            128256,
+            4096,
+            Activation::Relu2,
+            500000.0,
+            128001,
+        ),
+        "3b" => (
+            26,
+            3200,
+            8640,
+            32,
+            32,
+            100,
+            32002,
+            2048,
+            Activation::Silu,
+            10000.0,
+            2,
+        ),
+        "7b" => (
+            32,
+            4096,
+            11008,
+            32,
+            32,
+            128,
+            32000,
+            4096,
+            Activation::Silu,
+            10000.0,
+            2,
+        ),
+        "13b" => (
+            40,
+            5120,
+            13824,
+            40,
+            40,
+            128,
+            32000,
+            4096,
+            Activation::Silu,
+            10000.0,
+            2,
+        ),
+        "70b" => (
+            80,
+            8192,
+            28672,
+            64,
+            8,
+            128,
+            32000,
+            4096,
+            Activation::Silu,
+            10000.0,
+            2,
+        ),
+        _ => return None,
+    };
+    Some(ModelConfig {
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: inter,
+        num_layers: layers,
+        num_heads: heads,
+        num_kv_heads: kv,
+        head_dim,
+        max_seq_len: ctx,
+        rms_norm_eps: 1e-5,
+        rope_theta: theta,
+        activation: act,
+        sub_norms: true,
+        tie_word_embeddings: true,
+        bos_token_id: Some(if eos == 2 { 1 } else { 128000 }),
+        eos_token_ids: vec![eos],
+    })
+}
