@@ -2,6 +2,7 @@
 
 mod bench_kernels;
 mod bench_model;
+mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -14,6 +15,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate text from a prompt, streaming it.
+    Run(run::RunArgs),
+    /// Interactive chat with the model's chat template (works with piped stdin).
+    Chat(run::ChatArgs),
+    /// Full-sequence logits of token ids, as safetensors (parity checks).
+    Logits(run::LogitsArgs),
+    /// What is in a model: architecture, sizes, tensor types, bytes read per token.
+    Info(run::InfoArgs),
     /// Measurements, llama-bench style.
     Bench {
         #[command(subcommand)]
@@ -32,6 +41,10 @@ enum BenchWhat {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(a) => run::run(&a),
+        Command::Chat(a) => run::chat(&a),
+        Command::Logits(a) => run::logits(&a),
+        Command::Info(a) => run::info(&a),
         Command::Bench {
             what: BenchWhat::Kernels(args),
         } => bench_kernels::run(&args),

@@ -1,0 +1,161 @@
+//! The `tern` binary end to end on the small fixtures: output, and one clear error line (no
+//! panic) for each kind of bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tern-model/tests/fixtures")
+        .join(name)
+}
+
+fn tern(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(args)
+        .output()
+        .expect("running tern");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A copy of a fixture directory in a fresh temporary directory.
+fn copy_fixture(name: &str, tag: &str) -> PathBuf {
+    let dst = std::env::temp_dir().join(format!("tern-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dst);
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(fixture(name)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    dst
+}
+
+fn assert_one_error_line(stderr: &str, needle: &str) {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got:\n{stderr}");
+    assert!(lines[0].starts_with("tern: error: "), "{stderr}");
+    assert!(lines[0].contains(needle), "{needle:?} not in {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn greedy_run_prints_the_transformers_tokens() {
+    let dir = fixture("bitnet_packed");
+    let (ok, out, err) = tern(&[
+        "run",
+        dir.to_str().unwrap(),
+        "--prompt-ids",
+        "1 17 200 43 99 5 128 255 64 7 150 33",
+        "-n",
+        "16",
+        "--temp",
+        "0",
+        "--print-ids",
+    ]);
+    assert!(ok, "{err}");
+    // The greedy continuation transformers produced for this prompt (expected.safetensors).
+    assert_eq!(
+        out.trim(),
+        "81 81 255 54 54 54 54 45 45 45 45 115 115 115 115 115"
+    );
+    assert!(err.contains("generation: 16 tokens"), "{err}");
+}
+
+#[test]
+fn logits_are_written_as_safetensors() {
+    let out = std::env::temp_dir().join(format!(
+        "tern-cli-logits-{}.safetensors",
+        std::process::id()
+    ));
+    let (ok, _, err) = tern(&[
+        "logits",
+        fixture("llama_dense_f16").to_str().unwrap(),
+        "--prompt-ids",
+        "1 17 200",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("logits").unwrap().shape(), &[3, 256]);
+    std::fs::remove_file(out).unwrap();
+}
+
+#[test]
+fn info_describes_the_model() {
+    let (ok, out, err) = tern(&["info", fixture("bitnet_online_bf16").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("2 layers, hidden 64, ffn 172, heads 4 (kv 2)"),
+        "{out}"
+    );
+    assert!(out.contains("ternary/tern2"), "{out}");
+}
+
+#[test]
+fn over_long_prompt_is_one_clear_error() {
+    let ids = vec!["5"; 70].join(" ");
+    let (ok, _, err) = tern(&[
+        "run",
+        fixture("bitnet_packed").to_str().unwrap(),
+        "--prompt-ids",
+        &ids,
+    ]);
+    assert!(!ok);
+    assert_one_error_line(&err, "the prompt has 70 tokens but the context holds 64");
+}
+
+#[test]
+fn truncated_weights_are_one_clear_error() {
+    let dir = copy_fixture("bitnet_packed", "trunc");
+    let f = dir.join("model.safetensors");
+    let len = std::fs::metadata(&f).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let (ok, _, err) = tern(&["info", dir.to_str().unwrap()]);
+    assert!(!ok);
+    assert_one_error_line(&err, "truncated");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bad_config_is_one_clear_error() {
+    let dir = copy_fixture("bitnet_packed", "config");
+    std::fs::write(dir.join("config.json"), "{\"model_type\": \"bitnet\", ").unwrap();
+    let (ok, _, err) = tern(&["info", dir.to_str().unwrap()]);
+    assert!(!ok);
+    assert_one_error_line(&err, "config.json");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn missing_model_and_bad_flags_are_one_clear_error() {
+    let (ok, _, err) = tern(&["run", "/nonexistent/model", "-p", "hi"]);
+    assert!(!ok);
+    assert_one_error_line(&err, "/nonexistent/model");
+    let (ok, _, err) = tern(&[
+        "run",
+        fixture("bitnet_packed").to_str().unwrap(),
+        "--prompt-ids",
+        "1 x 3",
+    ]);
+    assert!(!ok);
+    assert_one_error_line(&err, "\"x\" is not a token id");
+    let (ok, _, err) = tern(&[
+        "run",
+        fixture("bitnet_packed").to_str().unwrap(),
+        "--prompt-ids",
+        "1 300",
+    ]);
+    assert!(!ok);
+    assert_one_error_line(&err, "token id 300");
+}

@@ -1,0 +1,72 @@
+//! Opening a model by path: everything `tern run` needs besides the weights (tokenizer, chat
+//! template, stop tokens), whatever the format.
+
+use crate::chat::ChatTemplate;
+use crate::error::ModelError;
+use crate::hf::{self, LoadOptions};
+use crate::model::Model;
+use crate::tokenizer::Tokenizer;
+use std::path::Path;
+
+/// A model with its text interface.
+pub struct Loaded {
+    pub model: Model,
+    pub tokenizer: Option<Tokenizer>,
+    /// The checkpoint's own template, or `None` when it ships none.
+    pub chat_template: Option<ChatTemplate>,
+    /// Tokens that end generation: the config's EOS ids plus end-of-turn tokens in the vocab.
+    pub stop_tokens: Vec<u32>,
+}
+
+impl Loaded {
+    /// The chat template to use: the checkpoint's, else BitNet b1.58 2B4T's format.
+    pub fn take_template(&mut self) -> ChatTemplate {
+        self.chat_template
+            .take()
+            .unwrap_or_else(ChatTemplate::bitnet_2b4t)
+    }
+}
+
+/// Opens a Hugging Face model directory (`config.json`, `*.safetensors`, optionally
+/// `tokenizer.json` and `tokenizer_config.json`).
+pub fn open(path: &Path, opts: &LoadOptions) -> Result<Loaded, ModelError> {
+    if !path.exists() {
+        return Err(ModelError::Io {
+            path: path.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "model not found"),
+        });
+    }
+    if !path.is_dir() {
+        return Err(ModelError::Other(format!(
+            "{}: not a model directory (expected a Hugging Face directory with config.json; GGUF files are not supported yet)",
+            path.display()
+        )));
+    }
+    let model = hf::load_model(path, opts)?;
+    let tok_path = path.join("tokenizer.json");
+    let mut tokenizer = if tok_path.exists() {
+        Some(Tokenizer::from_file(&tok_path)?)
+    } else {
+        None
+    };
+    if let (Some(t), Some(bos)) = (tokenizer.as_mut(), model.config.bos_token_id) {
+        // The config's BOS wins over guessing from the vocabulary.
+        t.set_bos_token_id(Some(bos));
+    }
+    let tc_path = path.join("tokenizer_config.json");
+    let chat_template = if tc_path.exists() {
+        ChatTemplate::from_tokenizer_config(&tc_path)?
+    } else {
+        None
+    };
+    let stop_tokens = match &tokenizer {
+        Some(t) => t.stop_tokens(&model.config.eos_token_ids),
+        None => model.config.eos_token_ids.clone(),
+    };
+    Ok(Loaded {
+        model,
+        tokenizer,
+        chat_template,
+        stop_tokens,
+    })
+}
