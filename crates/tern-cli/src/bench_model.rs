@@ -6,12 +6,14 @@ use std::time::Instant;
 use tern_kernels::rng::Rng;
 use tern_kernels::{Layout, ThreadPool};
 use tern_model::forward::Logits;
+use tern_model::hf::{HeadKind, LoadOptions};
+use tern_model::load::open;
 use tern_model::model::{synthetic_bytes, SyntheticHead, SyntheticWeights};
 use tern_model::{Model, State};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A model directory or file (not yet: use --shape).
+    /// A Hugging Face model directory to benchmark (or use --shape).
     model: Option<String>,
     /// A synthetic model of a named shape with random weights: 700m, 2b4t, 3b, 7b, 13b, 70b.
     #[arg(long)]

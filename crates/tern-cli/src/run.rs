@@ -203,8 +203,8 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let mut ids = Vec::new();
     let tok = s.loaded.tokenizer.as_ref().filter(|_| !a.print_ids);
     let mut dec = tok.map(|t| t.stream_decoder());
-    if let (Some(t), Some(_)) = (tok, &a.prompt) {
-        write!(out, "{}", t.decode(&prompt))?;
+    if let (Some(_), Some(text), None) = (tok, &a.prompt, &a.prompt_ids) {
+        write!(out, "{text}")?;
         out.flush()?;
     }
     let stats = Generator::new().generate(

@@ -159,3 +159,91 @@ fn missing_model_and_bad_flags_are_one_clear_error() {
     assert!(!ok);
     assert_one_error_line(&err, "token id 300");
 }
+
+/// GPT-2's byte-to-character map, so a 256-token byte-level tokenizer fits the fixtures'
+/// vocabulary of 256 exactly.
+fn byte_level_tokenizer_json() -> String {
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let mut extra = 0;
+    let mut vocab = Vec::new();
+    for b in 0..256u32 {
+        let ch = if printable(b) {
+            char::from_u32(b).unwrap()
+        } else {
+            extra += 1;
+            char::from_u32(255 + extra).unwrap()
+        };
+        vocab.push(format!(
+            "{}: {b}",
+            serde_json::to_string(&ch.to_string()).unwrap()
+        ));
+    }
+    format!(
+        r#"{{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
+        "pre_tokenizer":{{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true}},
+        "post_processor":null,
+        "decoder":{{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true}},
+        "model":{{"type":"BPE","dropout":null,"unk_token":null,"continuing_subword_prefix":null,
+        "end_of_word_suffix":null,"fuse_unk":false,"byte_fallback":false,"ignore_merges":false,
+        "vocab":{{{}}},"merges":[]}}}}"#,
+        vocab.join(",")
+    )
+}
+
+#[test]
+fn chat_reads_turns_from_a_pipe_and_run_streams_text() {
+    use std::io::Write;
+    let dir = copy_fixture("bitnet_packed", "chat");
+    std::fs::write(dir.join("tokenizer.json"), byte_level_tokenizer_json()).unwrap();
+    // One byte per token: give the conversation room (RoPE works at any position).
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let config = config.replace("\"max_position_embeddings\": 64", "\"max_position_embeddings\": 512");
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args([
+            "chat",
+            dir.to_str().unwrap(),
+            "--temp",
+            "0",
+            "-n",
+            "6",
+            "--system",
+            "Be brief.",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Hi\nAnd again\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // One reply line per turn.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).matches('\n').count(),
+        2,
+        "{stderr}"
+    );
+
+    let (ok, out, err) = tern(&[
+        "run",
+        dir.to_str().unwrap(),
+        "-p",
+        "Hello",
+        "-n",
+        "5",
+        "--temp",
+        "0",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("Hello"), "the prompt is echoed: {out:?}");
+    assert!(err.contains("generation: "), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
