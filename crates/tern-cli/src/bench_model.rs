@@ -51,9 +51,21 @@ pub fn run(args: &Args) -> Result<()> {
         args.threads
     };
     let (model, name) = match (&args.model, &args.shape) {
-        (Some(_), _) => {
-            bail!("tern bench model: loading model files is not implemented yet; use --shape")
+        (Some(path), None) => {
+            let layout = Layout::from_name(&args.layout)
+                .with_context(|| format!("unknown layout {:?} (tern2 or tern3)", args.layout))?;
+            let head = match args.head.as_str() {
+                "f16" => HeadKind::F16,
+                "int8" => HeadKind::Int8,
+                other => bail!("--head {other:?}: expected f16 or int8"),
+            };
+            if args.dense.is_some() {
+                bail!("--dense applies to --shape; a model directory runs as stored");
+            }
+            let loaded = open(std::path::Path::new(path), &LoadOptions { layout, head })?;
+            (loaded.model, path.clone())
         }
+        (Some(_), Some(_)) => bail!("give either a model path or --shape, not both"),
         (None, None) => {
             bail!("tern bench model: give a model path or --shape (700m, 2b4t, 3b, 7b, 13b, 70b)")
         }

@@ -198,7 +198,10 @@ fn chat_reads_turns_from_a_pipe_and_run_streams_text() {
     std::fs::write(dir.join("tokenizer.json"), byte_level_tokenizer_json()).unwrap();
     // One byte per token: give the conversation room (RoPE works at any position).
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    let config = config.replace("\"max_position_embeddings\": 64", "\"max_position_embeddings\": 512");
+    let config = config.replace(
+        "\"max_position_embeddings\": 64",
+        "\"max_position_embeddings\": 512",
+    );
     std::fs::write(dir.join("config.json"), config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
         .args([
