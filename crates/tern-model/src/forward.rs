@@ -405,40 +405,109 @@ fn attention(c: &ModelConfig, layer: usize, n: usize, s: &mut State, pool: &Thre
     let q = &s.q;
     let att = SyncPtr(s.att.as_mut_ptr());
     let scores = SyncPtr(s.scores.as_mut_ptr());
+    let isa = tern_kernels::Isa::detect();
     pool.run(tasks, &|task| {
         // SAFETY: each task owns scratch row `task` of `scores` (tasks <= its rows) and the
-        // disjoint (token, head)
-        // pairs of its range in `att`; both buffers outlive `pool.run`.
+        // disjoint (token, head) pairs of its range in `att`; both buffers outlive `pool.run`.
         let sc = unsafe { std::slice::from_raw_parts_mut(scores.get().add(task * cap), cap) };
         let lo = pairs * task / tasks;
         let hi = pairs * (task + 1) / tasks;
         for pair in lo..hi {
             let (t, h) = (pair / c.num_heads, pair % c.num_heads);
             let len = base + t + 1;
-            let qv = &q[t * qd + h * hd..][..hd];
             let kvh = (h / group) * hd;
-            let mut max = f32::NEG_INFINITY;
-            for (j, sj) in sc[..len].iter_mut().enumerate() {
-                let kv = &kc[j * kvd + kvh..][..hd];
-                *sj = qv.iter().zip(kv).map(|(a, b)| a * b).sum::<f32>() * scale;
-                max = max.max(*sj);
-            }
-            let mut sum = 0.0;
-            for sj in &mut sc[..len] {
-                *sj = (*sj - max).exp();
-                sum += *sj;
-            }
-            let inv = 1.0 / sum;
             // SAFETY: see above; (t, h) is this task's pair.
             let out = unsafe { std::slice::from_raw_parts_mut(att.get().add(t * qd + h * hd), hd) };
-            out.fill(0.0);
-            for (j, &w) in sc[..len].iter().enumerate() {
-                let vv = &vc[j * kvd + kvh..][..hd];
-                let w = w * inv;
-                for (o, &v) in out.iter_mut().zip(vv) {
-                    *o += w * v;
-                }
+            let head = AttnHead {
+                q: &q[t * qd + h * hd..][..hd],
+                keys: kc,
+                values: vc,
+                stride: kvd,
+                offset: kvh,
+                scale,
+            };
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Isa::detect` found AVX-512 F (resp. AVX2) on this CPU.
+                tern_kernels::Isa::Avx512 => unsafe { attend_avx512(&head, &mut sc[..len], out) },
+                #[cfg(target_arch = "x86_64")]
+                tern_kernels::Isa::Avx2 => unsafe { attend_avx2(&head, &mut sc[..len], out) },
+                _ => attend(&head, &mut sc[..len], out),
             }
         }
     });
+}
+
+/// One query head against the cached keys and values of its KV head.
+struct AttnHead<'a> {
+    q: &'a [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
+    /// Floats between positions in the cache.
+    stride: usize,
+    /// The KV head's first float within a position.
+    offset: usize,
+    scale: f32,
+}
+
+/// Softmax-weighted sum of values into `out`; `scores` has one slot per cached position.
+/// Written so the compiler vectorises it at any width with identical results: dot products
+/// keep 16 fixed partial sums, everything else is element-wise.
+#[inline(always)]
+fn attend(h: &AttnHead, scores: &mut [f32], out: &mut [f32]) {
+    let hd = h.q.len();
+    let mut max = f32::NEG_INFINITY;
+    for (j, sj) in scores.iter_mut().enumerate() {
+        let k = &h.keys[j * h.stride + h.offset..][..hd];
+        *sj = dot16(h.q, k) * h.scale;
+        max = max.max(*sj);
+    }
+    let mut sum = 0.0;
+    for sj in scores.iter_mut() {
+        *sj = (*sj - max).exp();
+        sum += *sj;
+    }
+    let inv = 1.0 / sum;
+    out.fill(0.0);
+    for (j, &w) in scores.iter().enumerate() {
+        let v = &h.values[j * h.stride + h.offset..][..hd];
+        let w = w * inv;
+        for (o, &x) in out.iter_mut().zip(v) {
+            *o += w * x;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn attend_avx512(h: &AttnHead, scores: &mut [f32], out: &mut [f32]) {
+    attend(h, scores, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_avx2(h: &AttnHead, scores: &mut [f32], out: &mut [f32]) {
+    attend(h, scores, out)
+}
+
+/// Dot product with 16 fixed partial sums (element i goes to sum i mod 16), added up in a
+/// fixed order at the end: vectorisable, and the same bits whatever the vector width.
+#[inline(always)]
+fn dot16(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    for (i, (x, y)) in ar.iter().zip(br).enumerate() {
+        acc[i] += x * y;
+    }
+    let mut s = 0.0;
+    for v in acc {
+        s += v;
+    }
+    s
 }
