@@ -410,7 +410,7 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-fn probe_buffer(bytes: usize) -> Vec<u8> {
+pub(crate) fn probe_buffer(bytes: usize) -> Vec<u8> {
     let mut rng = Rng::new(1);
     (0..bytes / 8)
         .flat_map(|_| rng.next_u64().to_le_bytes())
@@ -418,7 +418,7 @@ fn probe_buffer(bytes: usize) -> Vec<u8> {
 }
 
 /// GB/s of one full read of `buf` by every thread of `pool`.
-fn bandwidth_sample(buf: &[u8], pool: &ThreadPool) -> f64 {
+pub(crate) fn bandwidth_sample(buf: &[u8], pool: &ThreadPool) -> f64 {
     let t = Instant::now();
     std::hint::black_box(tern_kernels::bandwidth::read_all(buf, pool));
     buf.len() as f64 / t.elapsed().as_secs_f64() / 1e9

@@ -110,8 +110,15 @@ pub fn run(args: &Args) -> Result<()> {
         })?;
         rows.push((format!("pp{n}"), n as f64 / secs));
     }
+    // Peak memory of the model and its state (read before the bandwidth probe's buffer exists;
+    // decode allocates nothing).
+    let rss = peak_rss_bytes();
+    // Decode is judged against the read bandwidth measured beside it (one probe per rep).
+    let probe = crate::bench_kernels::probe_buffer(512 << 20);
+    let mut bw = Vec::new();
     for &n in &args.gen {
         let secs = median_of(args.reps, || {
+            bw.push(crate::bench_kernels::bandwidth_sample(&probe, &pool));
             state.reset();
             let mut tok = rng.below(vocab) as u32;
             let t = Instant::now();
@@ -123,22 +130,35 @@ pub fn run(args: &Args) -> Result<()> {
         })?;
         rows.push((format!("tg{n}"), n as f64 / secs));
     }
-    let rss = peak_rss_bytes();
+    bw.sort_by(|a, b| a.total_cmp(b));
+    let bandwidth = bw.get(bw.len() / 2).copied();
     for (test, tps) in rows {
+        // Share of the roofline: weight bytes streamed per second over the read bandwidth.
+        let roofline = bandwidth
+            .filter(|_| test.starts_with("tg"))
+            .map(|b| model.bytes_per_token() as f64 * tps / 1e9 / b);
         if args.json {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "test": test, "model": name, "weights": weights, "head": model.head_type(),
-                    "threads": threads, "tokens_per_s": tps, "peak_rss_bytes": rss,
-                    "bytes_per_token": model.bytes_per_token(),
-                })
-            );
+            let mut o = serde_json::json!({
+                "test": test, "model": name, "weights": weights, "head": model.head_type(),
+                "threads": threads, "tokens_per_s": tps, "peak_rss_bytes": rss,
+                "bytes_per_token": model.bytes_per_token(),
+            });
+            if let (Some(r), Some(b)) = (roofline, bandwidth) {
+                o["read_bandwidth_gb_per_s"] = b.into();
+                o["roofline_fraction"] = r.into();
+            }
+            println!("{o}");
         } else {
-            println!("| {test:<6} | {tps:>10.2} | {:>8.2} |", 1e3 / tps);
+            let r = roofline.map_or(String::new(), |r| {
+                format!(" {:.0}% of the read-bandwidth roofline", 100.0 * r)
+            });
+            println!("| {test:<6} | {tps:>10.2} | {:>8.2} |{r}", 1e3 / tps);
         }
     }
     if !args.json {
+        if let Some(b) = bandwidth {
+            println!("read bandwidth {b:.1} GB/s (median of probes beside the tg runs)");
+        }
         println!("peak RSS {:.2} GB", rss as f64 / 1e9);
     }
     Ok(())
