@@ -1,0 +1,381 @@
+//! GGUF v3 writer: metadata and tensors, each tensor padded to the alignment, written
+//! atomically (temp file in the target directory, fsync, rename).
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tern_kernels::TernaryMatrix;
+
+use crate::error::GgufError;
+use crate::types::GgmlType;
+use crate::value::{GgufArray, GgufValue};
+use crate::{quants, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS};
+
+/// llama.cpp's `GGML_MAX_NAME`: its loader rejects longer tensor names (63 bytes + NUL).
+pub const MAX_TENSOR_NAME: usize = 63;
+
+const WRITER: &str = "gguf writer";
+
+struct PendingTensor<'a> {
+    name: String,
+    ty: GgmlType,
+    dims: Vec<usize>,
+    data: Cow<'a, [u8]>,
+}
+
+/// Builds a GGUF v3 file. Tensor bytes may be borrowed (e.g. from another file's mmap during
+/// conversion), so a writer holds at most the tensors the caller had to repack.
+pub struct GgufWriter<'a> {
+    alignment: usize,
+    metadata: Vec<(String, GgufValue)>,
+    keys: HashSet<String>,
+    tensors: Vec<PendingTensor<'a>>,
+    names: HashSet<String>,
+}
+
+impl Default for GgufWriter<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn err(what: String) -> GgufError {
+    GgufError::Format {
+        file: WRITER.to_string(),
+        what,
+    }
+}
+
+impl<'a> GgufWriter<'a> {
+    /// A writer with the default alignment (32), which is then not written as a key.
+    pub fn new() -> Self {
+        GgufWriter {
+            alignment: DEFAULT_ALIGNMENT,
+            metadata: Vec::new(),
+            keys: HashSet::new(),
+            tensors: Vec::new(),
+            names: HashSet::new(),
+        }
+    }
+
+    /// A writer with a custom alignment (a power of two), recorded as `general.alignment`
+    /// like gguf-py's `add_custom_alignment`.
+    pub fn with_alignment(alignment: u32) -> Result<Self, GgufError> {
+        if alignment == 0 || !alignment.is_power_of_two() {
+            return Err(err(format!(
+                "alignment {alignment} is not a non-zero power of two"
+            )));
+        }
+        let mut w = Self::new();
+        w.alignment = alignment as usize;
+        if alignment as usize != DEFAULT_ALIGNMENT {
+            w.push_kv("general.alignment".into(), GgufValue::U32(alignment))?;
+        }
+        Ok(w)
+    }
+
+    pub fn alignment(&self) -> usize {
+        self.alignment
+    }
+
+    /// Adds one metadata key. Keys are unique (llama.cpp rejects duplicates);
+    /// `general.alignment` is set through [`GgufWriter::with_alignment`] so that the key and
+    /// the actual padding cannot disagree.
+    pub fn add_kv(&mut self, key: impl Into<String>, value: GgufValue) -> Result<(), GgufError> {
+        let key = key.into();
+        if key == "general.alignment" {
+            return Err(err(
+                "set general.alignment with GgufWriter::with_alignment".to_string()
+            ));
+        }
+        self.push_kv(key, value)
+    }
+
+    fn push_kv(&mut self, key: String, value: GgufValue) -> Result<(), GgufError> {
+        if !self.keys.insert(key.clone()) {
+            return Err(err(format!("duplicate metadata key '{key}'")));
+        }
+        self.metadata.push((key, value));
+        Ok(())
+    }
+
+    /// Adds a tensor of type `ty` with ggml dims (ne0 first) and its raw bytes, whose length
+    /// must be exactly the type's size for those dims.
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        ty: GgmlType,
+        dims: &[usize],
+        data: impl Into<Cow<'a, [u8]>>,
+    ) -> Result<(), GgufError> {
+        let name = name.into();
+        let data = data.into();
+        let terr = |what: String| GgufError::Tensor {
+            file: WRITER.to_string(),
+            tensor: name.clone(),
+            what,
+        };
+        if name.len() > MAX_TENSOR_NAME {
+            return Err(terr(format!(
+                "name is {} bytes, llama.cpp allows at most {MAX_TENSOR_NAME}",
+                name.len()
+            )));
+        }
+        if dims.is_empty() || dims.len() > MAX_DIMS {
+            return Err(terr(format!(
+                "{} dims, expected 1..={MAX_DIMS}",
+                dims.len()
+            )));
+        }
+        let need = ty.byte_size(dims).map_err(terr)?;
+        if data.len() != need {
+            return Err(terr(format!(
+                "{} {dims:?} needs {need} bytes, got {}",
+                ty.name(),
+                data.len()
+            )));
+        }
+        if !self.names.insert(name.clone()) {
+            return Err(terr("duplicate tensor name".to_string()));
+        }
+        self.tensors.push(PendingTensor {
+            name,
+            ty,
+            dims: dims.to_vec(),
+            data,
+        });
+        Ok(())
+    }
+
+    /// Adds f32 values stored as `ty` (F32, F16, BF16 or Q8_0).
+    pub fn add_f32(
+        &mut self,
+        name: impl Into<String>,
+        ty: GgmlType,
+        dims: &[usize],
+        values: &[f32],
+    ) -> Result<(), GgufError> {
+        let name = name.into();
+        let bytes = match ty {
+            GgmlType::F32 => quants::f32_to_bytes(values),
+            GgmlType::F16 => quants::f32_to_f16_bytes(values),
+            GgmlType::BF16 => quants::f32_to_bf16_bytes(values),
+            GgmlType::Q8_0 => quants::quantize_q8_0(values).map_err(|what| GgufError::Tensor {
+                file: WRITER.to_string(),
+                tensor: name.clone(),
+                what,
+            })?,
+            t => {
+                return Err(GgufError::Tensor {
+                    file: WRITER.to_string(),
+                    tensor: name,
+                    what: format!("writing f32 values as {} is not supported", t.name()),
+                })
+            }
+        };
+        self.add_tensor(name, ty, dims, bytes)
+    }
+
+    /// Adds a ternary weight as TQ1_0, TQ2_0 or I2_S, with dims `[cols, rows]` (ggml order).
+    pub fn add_ternary(
+        &mut self,
+        name: impl Into<String>,
+        ty: GgmlType,
+        m: &TernaryMatrix,
+    ) -> Result<(), GgufError> {
+        use tern_kernels::formats::{i2s, tq1_0, tq2_0};
+        let name = name.into();
+        let packed = match ty {
+            GgmlType::TQ1_0 => tq1_0::pack(m),
+            GgmlType::TQ2_0 => tq2_0::pack(m),
+            GgmlType::I2_S => i2s::pack(m),
+            t => {
+                return Err(GgufError::Tensor {
+                    file: WRITER.to_string(),
+                    tensor: name,
+                    what: format!("{} is not a ternary type", t.name()),
+                })
+            }
+        }
+        .map_err(|source| GgufError::Kernel {
+            file: WRITER.to_string(),
+            tensor: name.clone(),
+            source,
+        })?;
+        self.add_tensor(name, ty, &[m.cols, m.rows], packed)
+    }
+
+    /// Serializes to any writer (the whole file, data section included).
+    pub fn write_to(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let align = self.alignment;
+        let mut header = Vec::new();
+        header.extend_from_slice(GGUF_MAGIC);
+        header.extend_from_slice(&3u32.to_le_bytes());
+        header.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        header.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
+        for (k, v) in &self.metadata {
+            put_str(&mut header, k);
+            header.extend_from_slice(&(v.value_type() as u32).to_le_bytes());
+            put_value(&mut header, v);
+        }
+        let mut offset = 0usize;
+        for t in &self.tensors {
+            put_str(&mut header, &t.name);
+            header.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+            for &d in &t.dims {
+                header.extend_from_slice(&(d as u64).to_le_bytes());
+            }
+            header.extend_from_slice(&t.ty.id().to_le_bytes());
+            header.extend_from_slice(&(offset as u64).to_le_bytes());
+            offset += t.data.len().div_ceil(align) * align;
+        }
+        header.resize(header.len().div_ceil(align) * align, 0);
+        out.write_all(&header)?;
+        let zeros = vec![0u8; align];
+        for t in &self.tensors {
+            out.write_all(&t.data)?;
+            let pad = t.data.len().div_ceil(align) * align - t.data.len();
+            out.write_all(&zeros[..pad])?;
+        }
+        Ok(())
+    }
+
+    /// The whole file in memory (tests, small files).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.write_to(&mut v).expect("writing to a Vec cannot fail");
+        v
+    }
+
+    /// Writes `path` atomically: a temp file next to it is written, fsynced and renamed over
+    /// `path`, so a crash or kill never leaves a half-written model under the final name. On
+    /// error the temp file is removed.
+    pub fn write(&self, path: impl AsRef<Path>) -> Result<(), GgufError> {
+        let path = path.as_ref();
+        let file = path.display().to_string();
+        let io = |op: &'static str| {
+            let file = file.clone();
+            move |source| GgufError::Io { file, op, source }
+        };
+        let tmp = TempFile::new(path).map_err(io("create temp file"))?;
+        {
+            let f = tmp.file.as_ref().expect("open until committed");
+            let mut w = BufWriter::with_capacity(1 << 20, f);
+            self.write_to(&mut w).map_err(io("write"))?;
+            w.flush().map_err(io("write"))?;
+            f.sync_all().map_err(io("fsync"))?;
+        }
+        tmp.commit(path).map_err(io("rename"))
+    }
+}
+
+/// A temp file that deletes itself unless committed (also on panic while writing).
+struct TempFile {
+    path: PathBuf,
+    file: Option<File>,
+    committed: bool,
+}
+
+impl TempFile {
+    fn new(target: &Path) -> std::io::Result<Self> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let base = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "out.gguf".to_string());
+        let path = dir.join(format!(
+            ".{base}.tmp.{}.{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(TempFile {
+            path,
+            file: Some(file),
+            committed: false,
+        })
+    }
+
+    fn commit(mut self, target: &Path) -> std::io::Result<()> {
+        drop(self.file.take());
+        fs::rename(&self.path, target)?;
+        self.committed = true;
+        // Make the rename itself durable; best effort (not every platform can fsync a dir).
+        if let Some(dir) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            drop(self.file.take());
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_value(out: &mut Vec<u8>, v: &GgufValue) {
+    match v {
+        GgufValue::U8(x) => out.push(*x),
+        GgufValue::I8(x) => out.push(*x as u8),
+        GgufValue::Bool(x) => out.push(*x as u8),
+        GgufValue::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::String(s) => put_str(out, s),
+        GgufValue::Array(a) => put_array(out, a),
+    }
+}
+
+fn put_array(out: &mut Vec<u8>, a: &GgufArray) {
+    out.extend_from_slice(&(a.elem_type() as u32).to_le_bytes());
+    out.extend_from_slice(&(a.len() as u64).to_le_bytes());
+    macro_rules! le {
+        ($v:expr) => {
+            for x in $v {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        };
+    }
+    match a {
+        GgufArray::U8(v) => out.extend_from_slice(v),
+        GgufArray::I8(v) => out.extend(v.iter().map(|&x| x as u8)),
+        GgufArray::Bool(v) => out.extend(v.iter().map(|&x| x as u8)),
+        GgufArray::U16(v) => le!(v),
+        GgufArray::I16(v) => le!(v),
+        GgufArray::U32(v) => le!(v),
+        GgufArray::I32(v) => le!(v),
+        GgufArray::F32(v) => le!(v),
+        GgufArray::U64(v) => le!(v),
+        GgufArray::I64(v) => le!(v),
+        GgufArray::F64(v) => le!(v),
+        GgufArray::String(v) => v.iter().for_each(|s| put_str(out, s)),
+        GgufArray::Array(v) => v.iter().for_each(|a| put_array(out, a)),
+    }
+}
