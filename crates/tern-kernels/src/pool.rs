@@ -112,7 +112,16 @@ impl ThreadPool {
             (0..n_tasks).for_each(f);
             return;
         }
-        let _one_job_at_a_time = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
+        // One job at a time. A second caller (another thread, or a task calling `run` again)
+        // runs its tasks inline: correct, never a deadlock, just not parallel.
+        let _one_job_at_a_time = match self.run_lock.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                (0..n_tasks).for_each(f);
+                return;
+            }
+        };
         let s = &*self.shared;
         // SAFETY: erasing the lifetime is sound because this function does not return before
         // `pending` is back to 0, i.e. before every worker has stopped using the pointer.
@@ -233,6 +242,30 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn nested_and_concurrent_runs_complete() {
+        let pool = ThreadPool::new(2);
+        let count = AtomicUsize::new(0);
+        pool.run(4, &|_| {
+            pool.run(3, &|_| {
+                count.fetch_add(1, Relaxed);
+            });
+        });
+        assert_eq!(count.load(Relaxed), 12);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        pool.run(5, &|_| {
+                            count.fetch_add(1, Relaxed);
+                        });
+                    }
+                });
+            }
+        });
+        assert_eq!(count.load(Relaxed), 12 + 3 * 50 * 5);
     }
 
     #[test]
