@@ -492,6 +492,7 @@ unsafe fn attend_avx2(h: &AttnHead, scores: &mut [f32], out: &mut [f32]) {
 
 /// Dot product with 16 fixed partial sums (element i goes to sum i mod 16), added up in a
 /// fixed order at the end: vectorisable, and the same bits whatever the vector width.
+/// (A pairwise tree for the final sum measured 20% slower prefill at 700m, pp512.)
 #[inline(always)]
 fn dot16(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
