@@ -13,7 +13,7 @@ use tern_model::{Model, State};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A Hugging Face model directory to benchmark (or use --shape).
+    /// A Hugging Face model directory or GGUF file to benchmark (or use --shape).
     model: Option<String>,
     /// A synthetic model of a named shape with random weights: 700m, 2b4t, 3b, 7b, 13b, 70b.
     #[arg(long)]

@@ -15,7 +15,7 @@ use tern_model::State;
 /// Options every command that loads a model shares.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// A Hugging Face model directory (config.json + *.safetensors [+ tokenizer.json]).
+    /// A Hugging Face model directory (config.json + *.safetensors [+ tokenizer.json]) or a GGUF file.
     pub model: Option<PathBuf>,
     /// Threads (0 = all cores).
     #[arg(long, short = 't', default_value_t = 0)]
@@ -183,7 +183,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
         (_, Some(ids)) => parse_ids(ids)?,
         (Some(text), None) => match &s.loaded.tokenizer {
             Some(t) => t.encode(text, true)?,
-            None => bail!("the model has no tokenizer.json: use --prompt-ids"),
+            None => bail!("the model has no tokenizer (a directory without tokenizer.json, or a GGUF file: GGUF tokenizers are not supported yet): use --prompt-ids"),
         },
         (None, None) => bail!("give a prompt with -p TEXT or --prompt-ids \"ID ID ...\""),
     };

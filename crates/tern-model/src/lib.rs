@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod generate;
+pub mod gguf;
 pub mod hf;
 pub mod load;
 pub mod model;

@@ -3,6 +3,7 @@
 
 use crate::chat::ChatTemplate;
 use crate::error::ModelError;
+use crate::gguf;
 use crate::hf::{self, LoadOptions};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
@@ -27,8 +28,10 @@ impl Loaded {
     }
 }
 
-/// Opens a Hugging Face model directory (`config.json`, `*.safetensors`, optionally
-/// `tokenizer.json` and `tokenizer_config.json`).
+/// Opens a model: a Hugging Face directory (`config.json`, `*.safetensors`, optionally
+/// `tokenizer.json` and `tokenizer_config.json`) or a GGUF file (`.gguf` or the GGUF magic).
+/// GGUF files get no tokenizer yet (building one from `tokenizer.ggml.*` is future work), so
+/// they need token-id prompts; their stop tokens are the EOS and EOT ids of the metadata.
 pub fn open(path: &Path, opts: &LoadOptions) -> Result<Loaded, ModelError> {
     if !path.exists() {
         return Err(ModelError::Io {
@@ -36,9 +39,19 @@ pub fn open(path: &Path, opts: &LoadOptions) -> Result<Loaded, ModelError> {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "model not found"),
         });
     }
+    if gguf::is_gguf(path) {
+        let model = gguf::load_model(path, opts)?;
+        let stop_tokens = model.config.eos_token_ids.clone();
+        return Ok(Loaded {
+            model,
+            tokenizer: None,
+            chat_template: None,
+            stop_tokens,
+        });
+    }
     if !path.is_dir() {
         return Err(ModelError::Other(format!(
-            "{}: not a model directory (expected a Hugging Face directory with config.json; GGUF files are not supported yet)",
+            "{}: not a model (expected a Hugging Face directory with config.json or a .gguf file)",
             path.display()
         )));
     }
