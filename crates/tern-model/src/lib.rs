@@ -11,6 +11,7 @@ pub mod error;
 pub mod forward;
 pub mod generate;
 pub mod gguf;
+pub mod gguf_tokenizer;
 pub mod hf;
 pub mod load;
 pub mod model;

@@ -4,6 +4,7 @@
 use crate::chat::ChatTemplate;
 use crate::error::ModelError;
 use crate::gguf;
+use crate::gguf_tokenizer::tokenizer_from_gguf;
 use crate::hf::{self, LoadOptions};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
@@ -30,8 +31,9 @@ impl Loaded {
 
 /// Opens a model: a Hugging Face directory (`config.json`, `*.safetensors`, optionally
 /// `tokenizer.json` and `tokenizer_config.json`) or a GGUF file (`.gguf` or the GGUF magic).
-/// GGUF files get no tokenizer yet (building one from `tokenizer.ggml.*` is future work), so
-/// they need token-id prompts; their stop tokens are the EOS and EOT ids of the metadata.
+/// GGUF files get a tokenizer built from `tokenizer.ggml.*` when it is byte-level BPE
+/// (`gpt2`, see [`crate::gguf_tokenizer`]); others (SentencePiece) get none and need token-id
+/// prompts. Stop tokens are the EOS and EOT ids of the metadata plus end-of-turn tokens.
 pub fn open(path: &Path, opts: &LoadOptions) -> Result<Loaded, ModelError> {
     if !path.exists() {
         return Err(ModelError::Io {
@@ -41,10 +43,15 @@ pub fn open(path: &Path, opts: &LoadOptions) -> Result<Loaded, ModelError> {
     }
     if gguf::is_gguf(path) {
         let model = gguf::load_model(path, opts)?;
-        let stop_tokens = model.config.eos_token_ids.clone();
+        let file = tern_gguf::GgufFile::open(path).map_err(|e| ModelError::Other(e.to_string()))?;
+        let tokenizer = tokenizer_from_gguf(&file)?;
+        let stop_tokens = match &tokenizer {
+            Some(t) => t.stop_tokens(&model.config.eos_token_ids),
+            None => model.config.eos_token_ids.clone(),
+        };
         return Ok(Loaded {
             model,
-            tokenizer: None,
+            tokenizer,
             chat_template: None,
             stop_tokens,
         });
