@@ -75,11 +75,21 @@ pub fn load_config(path: &Path) -> Result<ModelConfig, ModelError> {
 
 /// Loads a GGUF model file.
 pub fn load_model(path: &Path, opts: &LoadOptions) -> Result<Model, ModelError> {
-    let f = GgufFile::open(path).map_err(gguf_err)?;
-    let meta = Meta::new(&f, path);
+    let f = open(path)?;
+    load_model_from(&f, path, opts)
+}
+
+/// Opens (memory-maps and parses) a GGUF file, with tern's error type.
+pub fn open(path: &Path) -> Result<GgufFile, ModelError> {
+    GgufFile::open(path).map_err(gguf_err)
+}
+
+/// Loads the model of an already opened GGUF file (`path` names it in errors).
+pub fn load_model_from(f: &GgufFile, path: &Path, opts: &LoadOptions) -> Result<Model, ModelError> {
+    let meta = Meta::new(f, path);
     let c = meta.config()?;
     let l = Loader {
-        f: &f,
+        f,
         file: meta.file.clone(),
         c: &c,
         ternary: meta.arch()? != "llama",
@@ -377,36 +387,8 @@ impl<'a> Loader<'a> {
         self.f32s(&t)
     }
 
-    /// All blocks, several at a time (decoding and repacking is the slow part of a load). The
-    /// first error in layer order wins, so errors do not depend on thread timing.
     fn layers(&self) -> Result<Vec<Layer>, ModelError> {
-        let n = self.c.num_layers;
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |t| t.get())
-            .clamp(1, n.max(1));
-        let mut results: Vec<Option<Result<Layer, ModelError>>> = (0..n).map(|_| None).collect();
-        std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    s.spawn(move || {
-                        (t..n)
-                            .step_by(threads)
-                            .map(|i| (i, self.layer(i)))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            for h in handles {
-                let done = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-                for (i, r) in done {
-                    results[i] = Some(r);
-                }
-            }
-        });
-        results
-            .into_iter()
-            .map(|r| r.expect("every layer index is assigned to one worker"))
-            .collect()
+        crate::model::load_layers(self.c.num_layers, |i| self.layer(i))
     }
 
     fn layer(&self, i: usize) -> Result<Layer, ModelError> {

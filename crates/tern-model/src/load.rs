@@ -42,8 +42,9 @@ pub fn open(path: &Path, opts: &LoadOptions) -> Result<Loaded, ModelError> {
         });
     }
     if gguf::is_gguf(path) {
-        let model = gguf::load_model(path, opts)?;
-        let file = tern_gguf::GgufFile::open(path).map_err(|e| ModelError::Other(e.to_string()))?;
+        // One open (and one header parse) serves both the weights and the tokenizer.
+        let file = gguf::open(path)?;
+        let model = gguf::load_model_from(&file, path, opts)?;
         let tokenizer = tokenizer_from_gguf(&file)?;
         let stop_tokens = match &tokenizer {
             Some(t) => t.stop_tokens(&model.config.eos_token_ids),

@@ -315,3 +315,40 @@ pub fn synthetic_bytes(c: &ModelConfig, weights: SyntheticWeights) -> usize {
     };
     proj_bytes + c.vocab_size * c.hidden_size * 2
 }
+
+/// Builds `n` blocks with `layer(i)`, several at a time: decoding, quantizing and repacking
+/// billions of weights is the slow part of a load, and blocks are independent. The first
+/// error in layer order wins, so errors do not depend on thread timing.
+pub(crate) fn load_layers<E: Send>(
+    n: usize,
+    layer: impl Fn(usize) -> Result<Layer, E> + Sync,
+) -> Result<Vec<Layer>, E> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .clamp(1, n.max(1));
+    let layer = &layer;
+    let mut results: Vec<Option<Result<Layer, E>>> = (0..n).map(|_| None).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    (t..n)
+                        .step_by(threads)
+                        .map(|i| (i, layer(i)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            // A panic in a worker is a bug; re-raise it on the caller's thread.
+            let done = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            for (i, r) in done {
+                results[i] = Some(r);
+            }
+        }
+    });
+    results
+        .into_iter()
+        .map(|r| r.expect("every layer index is assigned to one worker"))
+        .collect()
+}

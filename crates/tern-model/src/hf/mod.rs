@@ -204,38 +204,8 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    /// All blocks, several at a time: quantizing and repacking billions of weights is the slow
-    /// part of a load, and blocks are independent. The first error in layer order wins, so
-    /// errors do not depend on thread timing.
     fn layers(&self) -> Result<Vec<Layer>, ModelError> {
-        let n = self.c.num_layers;
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |t| t.get())
-            .clamp(1, n.max(1));
-        let mut results: Vec<Option<Result<Layer, ModelError>>> = (0..n).map(|_| None).collect();
-        std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    s.spawn(move || {
-                        (t..n)
-                            .step_by(threads)
-                            .map(|i| (i, self.layer(i)))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            for h in handles {
-                // A panic in a worker is a bug; re-raise it on the caller's thread.
-                let done = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-                for (i, r) in done {
-                    results[i] = Some(r);
-                }
-            }
-        });
-        results
-            .into_iter()
-            .map(|r| r.expect("every layer index is assigned to one worker"))
-            .collect()
+        crate::model::load_layers(self.c.num_layers, |i| self.layer(i))
     }
 
     fn layer(&self, i: usize) -> Result<Layer, ModelError> {
