@@ -3,6 +3,7 @@
 mod bench_kernels;
 mod bench_model;
 mod run;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,8 @@ enum Command {
     Logits(run::LogitsArgs),
     /// What is in a model: architecture, sizes, tensor types, bytes read per token.
     Info(run::InfoArgs),
+    /// Train a BitNet b1.58 model (or its FP baseline) from scratch; eval and export runs.
+    Train(train::Args),
     /// Measurements, llama-bench style.
     Bench {
         #[command(subcommand)]
@@ -45,6 +48,7 @@ fn main() {
         Command::Chat(a) => run::chat(&a),
         Command::Logits(a) => run::logits(&a),
         Command::Info(a) => run::info(&a),
+        Command::Train(a) => train::run(&a),
         Command::Bench {
             what: BenchWhat::Kernels(args),
         } => bench_kernels::run(&args),

@@ -1,0 +1,289 @@
+//! `tern train`: BitNet b1.58 QAT (or the FP baseline) from a TOML config, with a progress
+//! bar, metrics, checkpoints, resume and SIGINT handling; `tern train eval` and
+//! `tern train export` work on a finished run.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args as ClapArgs, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tern_train::config::Quant;
+use tern_train::export::{self, Form};
+use tern_train::model::ProjMode;
+use tern_train::trainer::{EvalInfo, Observer, StepInfo};
+use tern_train::{Config, Trainer};
+
+#[derive(ClapArgs)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Args {
+    #[command(subcommand)]
+    action: Option<Action>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(ClapArgs)]
+struct RunArgs {
+    /// TOML config (every field optional; defaults train the bundled model's shape).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Run directory for tokenizer, shards, checkpoints and metrics.
+    #[arg(long, short, default_value = "runs/default")]
+    out: PathBuf,
+    /// Continue the newest checkpoint in --out.
+    #[arg(long)]
+    resume: bool,
+    /// Training text: files, directories, .jsonl(.gz) (default: the bundled SOTU corpus).
+    #[arg(long = "data")]
+    data: Vec<String>,
+    /// Validation text (default: the last 5% of the training documents).
+    #[arg(long = "valid")]
+    valid: Vec<String>,
+    /// JSONL field holding the text.
+    #[arg(long)]
+    text_field: Option<String>,
+    /// Override train.steps.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Override model.quant: "b1.58" or "none" (the FP baseline).
+    #[arg(long)]
+    quant: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Action {
+    /// Validation loss, perplexity and bits per byte of a run's newest checkpoint, optionally
+    /// after post-training quantization (how the paper's PTQ baselines are measured).
+    Eval {
+        run_dir: PathBuf,
+        /// none (as trained), ternary (absmean PTQ), int4 (4-bit, groups of 32).
+        #[arg(long, default_value = "none")]
+        ptq: String,
+        /// Validation windows (0: all).
+        #[arg(long, default_value_t = 0)]
+        windows: usize,
+        /// Print one JSON line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a Hugging Face directory (config.json, model.safetensors, tokenizer files)
+    /// that `tern run`, `tern convert` and transformers' BitNetForCausalLM load.
+    Export {
+        run_dir: PathBuf,
+        #[arg(long, short)]
+        out: PathBuf,
+        /// bf16 (master weights, online quantization), f32, or packed (ternary uint8 +
+        /// weight_scale, offline); FP runs export dense bf16/f32.
+        #[arg(long, default_value = "bf16")]
+        form: String,
+        /// A specific checkpoint instead of the newest.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    match &args.action {
+        Some(Action::Eval {
+            run_dir,
+            ptq,
+            windows,
+            json,
+        }) => eval(run_dir, ptq, *windows, *json),
+        Some(Action::Export {
+            run_dir,
+            out,
+            form,
+            checkpoint,
+        }) => {
+            let form = match form.as_str() {
+                "bf16" => Form::Bf16,
+                "f32" => Form::F32,
+                "packed" => Form::Packed,
+                other => bail!("--form {other:?}: expected bf16, f32 or packed"),
+            };
+            let ck = match checkpoint {
+                Some(p) => p.clone(),
+                None => latest(run_dir)?,
+            };
+            export::export_hf(&ck, &run_dir.join("tokenizer.json"), out, form)
+                .with_context(|| format!("exporting {}", ck.display()))?;
+            eprintln!("tern: wrote {}", out.display());
+            Ok(())
+        }
+        None => train(&args.run),
+    }
+}
+
+fn latest(run_dir: &Path) -> Result<PathBuf> {
+    tern_train::trainer::RunDir(run_dir.to_path_buf())
+        .latest_checkpoint()
+        .with_context(|| format!("{}: no checkpoint in checkpoints/", run_dir.display()))
+}
+
+fn train(a: &RunArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                eprintln!("\ntern: second interrupt, exiting without saving");
+                std::process::exit(130);
+            }
+            eprintln!("\ntern: interrupt: saving a checkpoint after this step (again to abort)");
+        })
+        .context("installing the SIGINT handler")?;
+    }
+    let mut obs = Progress::new();
+    let mut trainer = if a.resume {
+        if a.config.is_some() || !a.data.is_empty() || a.quant.is_some() {
+            bail!("--resume continues the run as configured; only --steps may change");
+        }
+        let t = Trainer::resume(&a.out, a.steps)?;
+        obs.message(&format!(
+            "resuming {} at step {}",
+            a.out.display(),
+            t.step
+        ));
+        t
+    } else {
+        let mut config = match &a.config {
+            Some(p) => Config::load(p)?,
+            None => Config::default(),
+        };
+        if !a.data.is_empty() {
+            config.data.train = a.data.clone();
+        }
+        if !a.valid.is_empty() {
+            config.data.valid = a.valid.clone();
+        }
+        if let Some(f) = &a.text_field {
+            config.data.text_field = f.clone();
+        }
+        if let Some(s) = a.steps {
+            config.train.steps = s;
+        }
+        if let Some(q) = &a.quant {
+            config.model.quant = match q.as_str() {
+                "b1.58" | "ternary" => Quant::B158,
+                "none" | "fp" => Quant::None,
+                other => bail!("--quant {other:?}: expected b1.58 or none"),
+            };
+        }
+        Trainer::create(config, &a.out, &mut obs)?
+    };
+    let m = &trainer.model;
+    obs.message(&format!(
+        "model: {} parameters ({} in projections), quant {:?}, {} steps of {} x {} tokens",
+        m.num_params(),
+        m.num_projection_params(),
+        trainer.config.model.quant,
+        trainer.config.train.steps,
+        trainer.config.train.batch_size,
+        trainer.config.train.seq_len
+    ));
+    trainer.run(&stop, &mut obs)?;
+    obs.finish();
+    Ok(())
+}
+
+fn eval(run_dir: &Path, ptq: &str, windows: usize, json: bool) -> Result<()> {
+    let mut trainer = Trainer::resume(run_dir, None)?;
+    trainer.config.train.eval_windows = windows;
+    let mode = match ptq {
+        "none" => trainer.mode(),
+        "ternary" => ProjMode::B158,
+        "int4" => ProjMode::Int4 { group: 32 },
+        other => bail!("--ptq {other:?}: expected none, ternary or int4"),
+    };
+    let e = trainer.evaluate(mode)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "run": run_dir.display().to_string(), "step": e.step, "ptq": ptq,
+                "quant": format!("{:?}", trainer.config.model.quant),
+                "val_loss": e.loss, "val_ppl": e.ppl, "val_bpb": e.bpb, "tokens": e.tokens,
+            })
+        );
+    } else {
+        println!(
+            "{}: step {} ptq {ptq}: loss {:.4}  ppl {:.2}  bpb {:.4}  ({} tokens)",
+            run_dir.display(),
+            e.step,
+            e.loss,
+            e.ppl,
+            e.bpb,
+            e.tokens
+        );
+    }
+    Ok(())
+}
+
+/// A progress bar on a terminal, plain log lines otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    last_eval: Option<EvalInfo>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            bar: None,
+            last_eval: None,
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish();
+        }
+    }
+}
+
+impl Observer for Progress {
+    fn message(&mut self, msg: &str) {
+        match &self.bar {
+            Some(b) => b.println(format!("tern: {msg}")),
+            None => eprintln!("tern: {msg}"),
+        }
+    }
+
+    fn step(&mut self, s: &StepInfo, total: u64) {
+        let val = self
+            .last_eval
+            .as_ref()
+            .map_or(String::new(), |e| format!(" val {:.3}", e.loss));
+        let text = format!(
+            "loss {:.3}{val} lr {:.2e} {:.0} tok/s",
+            s.loss, s.lr, s.tokens_per_s
+        );
+        if std::io::stderr().is_terminal() {
+            let bar = self.bar.get_or_insert_with(|| {
+                let b = ProgressBar::new(total);
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{pos:>6}/{len} [{bar:30}] {msg} ETA {eta}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+                b
+            });
+            bar.set_position(s.step);
+            bar.set_message(text);
+        } else if s.step % 10 == 0 || s.step == total {
+            eprintln!("tern: step {}/{total} {text}", s.step);
+        }
+    }
+
+    fn eval(&mut self, e: &EvalInfo) {
+        self.message(&format!(
+            "step {}: validation loss {:.4}, ppl {:.2}, {:.4} bits/byte",
+            e.step, e.loss, e.ppl, e.bpb
+        ));
+        self.last_eval = Some(e.clone());
+    }
+}
