@@ -85,6 +85,13 @@ enum Action {
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    // candle sizes its pool by *physical* cores as it detects them, which is 1 on some VMs
+    // that have 2; use every available CPU unless the user said otherwise. Set before any
+    // candle or rayon call, while this process is single-threaded.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
     match &args.action {
         Some(Action::Eval {
             run_dir,
@@ -142,11 +149,7 @@ fn train(a: &RunArgs) -> Result<()> {
             bail!("--resume continues the run as configured; only --steps may change");
         }
         let t = Trainer::resume(&a.out, a.steps)?;
-        obs.message(&format!(
-            "resuming {} at step {}",
-            a.out.display(),
-            t.step
-        ));
+        obs.message(&format!("resuming {} at step {}", a.out.display(), t.step));
         t
     } else {
         let mut config = match &a.config {
@@ -264,17 +267,15 @@ impl Observer for Progress {
             let bar = self.bar.get_or_insert_with(|| {
                 let b = ProgressBar::new(total);
                 b.set_style(
-                    ProgressStyle::with_template(
-                        "{pos:>6}/{len} [{bar:30}] {msg} ETA {eta}",
-                    )
-                    .expect("valid template")
-                    .progress_chars("=> "),
+                    ProgressStyle::with_template("{pos:>6}/{len} [{bar:30}] {msg} ETA {eta}")
+                        .expect("valid template")
+                        .progress_chars("=> "),
                 );
                 b
             });
             bar.set_position(s.step);
             bar.set_message(text);
-        } else if s.step % 10 == 0 || s.step == total {
+        } else if s.step.is_multiple_of(10) || s.step == total {
             eprintln!("tern: step {}/{total} {text}", s.step);
         }
     }

@@ -44,8 +44,16 @@ pub fn save(
     let mut blobs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (i, (name, var)) in params.iter().enumerate() {
         let shape = var.dims().to_vec();
-        blobs.push((format!("param.{name}"), shape.clone(), f32_bytes(var.as_tensor())?));
-        blobs.push((format!("adam_m.{name}"), shape.clone(), f32_bytes(&opt.m[i])?));
+        blobs.push((
+            format!("param.{name}"),
+            shape.clone(),
+            f32_bytes(var.as_tensor())?,
+        ));
+        blobs.push((
+            format!("adam_m.{name}"),
+            shape.clone(),
+            f32_bytes(&opt.m[i])?,
+        ));
         blobs.push((format!("adam_v.{name}"), shape, f32_bytes(&opt.v[i])?));
     }
     let views = blobs
@@ -126,7 +134,9 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect();
         if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-            return Err(err(format!("tensor {name} holds a non-finite value at {i}")));
+            return Err(err(format!(
+                "tensor {name} holds a non-finite value at {i}"
+            )));
         }
         Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
     };

@@ -225,7 +225,9 @@ impl Config {
                 return bad(field, "must be at least 1".into());
             }
         }
-        if m.hidden_size % m.num_heads != 0 || (m.hidden_size / m.num_heads) % 2 != 0 {
+        if !m.hidden_size.is_multiple_of(m.num_heads)
+            || !(m.hidden_size / m.num_heads).is_multiple_of(2)
+        {
             return bad(
                 "model.num_heads",
                 format!(
@@ -234,16 +236,22 @@ impl Config {
                 ),
             );
         }
-        if m.num_heads % m.num_kv_heads != 0 {
+        if !m.num_heads.is_multiple_of(m.num_kv_heads) {
             return bad(
                 "model.num_kv_heads",
-                format!("{} does not divide num_heads {}", m.num_kv_heads, m.num_heads),
+                format!(
+                    "{} does not divide num_heads {}",
+                    m.num_kv_heads, m.num_heads
+                ),
             );
         }
         if m.max_seq_len < t.seq_len {
             return bad(
                 "model.max_seq_len",
-                format!("{} is shorter than train.seq_len {}", m.max_seq_len, t.seq_len),
+                format!(
+                    "{} is shorter than train.seq_len {}",
+                    m.max_seq_len, t.seq_len
+                ),
             );
         }
         if !(self.tokenizer.vocab_size >= 260 && self.tokenizer.vocab_size <= 65_535) {
@@ -256,7 +264,10 @@ impl Config {
             return bad("train.lr", format!("{} must be a positive number", t.lr));
         }
         if !(0.0..=1.0).contains(&t.stage2_at) {
-            return bad("train.stage2_at", format!("{} is outside 0..=1", t.stage2_at));
+            return bad(
+                "train.stage2_at",
+                format!("{} is outside 0..=1", t.stage2_at),
+            );
         }
         if !(0.0..1.0).contains(&self.data.valid_fraction) {
             return bad(

@@ -50,8 +50,8 @@ pub fn bundled_sotu() -> Result<Corpus> {
     Ok(Corpus {
         train,
         valid,
-        description: "State of the Union addresses (bundled; train 1790-2000, validation 2001-2021)"
-            .into(),
+        description:
+            "State of the Union addresses (bundled; train 1790-2000, validation 2001-2021)".into(),
     })
 }
 
@@ -302,7 +302,13 @@ impl Shard {
 /// The training batch of step `step`: `b` windows of `t + 1` tokens at offsets drawn from a
 /// generator seeded by `(seed, step)` alone, so a resumed run sees exactly the batches an
 /// uninterrupted one would. Returns `(inputs, targets)`, each `b * t`.
-pub fn train_batch(shard: &Shard, seed: u64, step: u64, b: usize, t: usize) -> (Vec<u32>, Vec<u32>) {
+pub fn train_batch(
+    shard: &Shard,
+    seed: u64,
+    step: u64,
+    b: usize,
+    t: usize,
+) -> (Vec<u32>, Vec<u32>) {
     let mut rng = Rng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step.wrapping_add(1));
     let span = (shard.len - t - 1) as u64 + 1;
     let (mut x, mut y) = (Vec::with_capacity(b * t), Vec::with_capacity(b * t));

@@ -109,7 +109,9 @@ pub fn export_hf(ckpt: &Path, tokenizer: &Path, out: &Path, form: Form) -> Resul
                     .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
                     .collect(),
             ),
-            Form::F32 | Form::Packed => (Dtype::F32, w.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            Form::F32 | Form::Packed => {
+                (Dtype::F32, w.iter().flat_map(|x| x.to_le_bytes()).collect())
+            }
         };
         blobs.push((name.clone(), dt, shape, bytes));
     }
@@ -125,12 +127,11 @@ pub fn export_hf(ckpt: &Path, tokenizer: &Path, out: &Path, form: Form) -> Resul
         })
         .collect::<Result<Vec<_>>>()?;
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors::tensor::serialize(views, Some(meta)).map_err(|e| {
-        TrainError::Checkpoint {
+    let bytes =
+        safetensors::tensor::serialize(views, Some(meta)).map_err(|e| TrainError::Checkpoint {
             file: out.join("model.safetensors").display().to_string(),
             what: e.to_string(),
-        }
-    })?;
+        })?;
     write_atomic(&out.join("model.safetensors"), &bytes)?;
 
     let json = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("json") + "\n";

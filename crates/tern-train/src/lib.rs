@@ -12,6 +12,7 @@ pub mod data;
 pub mod error;
 pub mod export;
 pub mod model;
+pub mod ops;
 pub mod optim;
 pub mod quant;
 pub mod schedule;

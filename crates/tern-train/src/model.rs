@@ -5,8 +5,10 @@
 //! checkpoints and exports need no renaming and the engine loads the export directly.
 
 use crate::config::{Act, Config, Quant};
+use crate::ops;
 use crate::quant::{self, ActQuant, Int4GroupQuant, WeightQuant};
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
+use std::sync::Arc;
 use tern_kernels::rng::Rng;
 
 /// How projections treat their weights in the forward pass.
@@ -77,8 +79,8 @@ pub struct Model {
     pub vocab: usize,
     /// `(name, variable)` in [`param_specs`] order.
     pub params: Vec<(String, Var)>,
-    rope_cos: Tensor,
-    rope_sin: Tensor,
+    rope_cos: Arc<Vec<f32>>,
+    rope_sin: Arc<Vec<f32>>,
 }
 
 struct LayerRefs<'a> {
@@ -152,7 +154,11 @@ impl Model {
                 );
             }
         }
-        let (rope_cos, rope_sin) = rope_tables(config)?;
+        let (rope_cos, rope_sin) = ops::rope_tables(
+            config.model.max_seq_len.max(config.train.seq_len),
+            config.head_dim(),
+            config.model.rope_theta,
+        );
         Ok(Model {
             config: config.clone(),
             vocab,
@@ -198,10 +204,7 @@ impl Model {
     }
 
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-        let eps = self.config.model.norm_eps as f64;
-        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let inv = (ms + eps)?.sqrt()?.recip()?;
-        x.broadcast_mul(&inv)?.broadcast_mul(w)
+        ops::rms_norm(x, w, self.config.model.norm_eps)
     }
 
     /// `x [n, in] @ w[out, in]^T` through BitLinear's quantizers (or not).
@@ -220,15 +223,14 @@ impl Model {
         }
     }
 
+    /// RoPE on `[b, h, t, d]` (rotate-half pairing, as HF LLaMA/BitNet).
     fn rope(&self, x: &Tensor, t: usize) -> candle_core::Result<Tensor> {
-        // x: [b, h, t, d], rotate-half pairing (HF LLaMA/BitNet).
-        let d = x.dim(D::Minus1)?;
-        let cos = self.rope_cos.narrow(0, 0, t)?;
-        let sin = self.rope_sin.narrow(0, 0, t)?;
-        let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-        let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-        let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        x.broadcast_mul(&cos)?.add(&rot.broadcast_mul(&sin)?)
+        x.contiguous()?.apply_op1(ops::Rope {
+            cos: self.rope_cos.clone(),
+            sin: self.rope_sin.clone(),
+            t,
+            inverse: false,
+        })
     }
 
     /// Logits `[b * t, vocab]` for token ids `[b, t]`.
@@ -239,8 +241,7 @@ impl Model {
         let (nh, nkv) = (m.num_heads, m.num_kv_heads);
         let embed = self.p(0);
         let mut x = embed.index_select(&ids.flatten_all()?, 0)?;
-        let mask = causal_mask(t)?;
-        let scale = 1.0 / (hd as f64).sqrt();
+        let scale = 1.0 / (hd as f32).sqrt();
         for l in 0..m.num_layers {
             let w = self.layer(l);
             let h = self.rms_norm(&x, w.input_norm)?;
@@ -261,12 +262,8 @@ impl Model {
                 };
                 (rep(k)?, rep(v)?)
             };
-            let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
-            let att = softmax_last(&att)?;
-            let o = att
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((b * t, nh * hd))?;
+            let att = ops::causal_softmax(&q.matmul(&k.t()?)?, scale)?;
+            let o = att.matmul(&v)?.transpose(1, 2)?.reshape((b * t, nh * hd))?;
             let o = self.rms_norm(&o, w.attn_sub)?;
             x = (x + self.linear(&o, w.o, mode)?)?;
 
@@ -291,56 +288,9 @@ impl Model {
     }
 }
 
-fn rope_tables(c: &Config) -> candle_core::Result<(Tensor, Tensor)> {
-    let hd = c.head_dim();
-    let n = c.model.max_seq_len.max(c.train.seq_len);
-    let theta = c.model.rope_theta as f64;
-    let mut cos = Vec::with_capacity(n * hd);
-    let mut sin = Vec::with_capacity(n * hd);
-    for p in 0..n {
-        for _ in 0..2 {
-            for i in 0..hd / 2 {
-                // Same f32 arithmetic as transformers: inv_freq in f32, angle = pos * inv_freq.
-                let inv = (1.0 / theta.powf((2 * i) as f64 / hd as f64)) as f32;
-                let a = p as f32 * inv;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
-        }
-    }
-    Ok((
-        Tensor::from_vec(cos, (n, hd), &Device::Cpu)?,
-        Tensor::from_vec(sin, (n, hd), &Device::Cpu)?,
-    ))
-}
-
-fn causal_mask(t: usize) -> candle_core::Result<Tensor> {
-    let m: Vec<f32> = (0..t * t)
-        .map(|i| {
-            if i % t > i / t {
-                f32::NEG_INFINITY
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    Tensor::from_vec(m, (t, t), &Device::Cpu)
-}
-
-fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    let s = e.sum_keepdim(D::Minus1)?;
-    e.broadcast_div(&s)
-}
-
 /// Mean cross-entropy (natural log) of `logits [n, v]` against `targets [n]`.
-pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
-    let max = logits.max_keepdim(D::Minus1)?.detach();
-    let shifted = logits.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    let picked = shifted.gather(&targets.unsqueeze(1)?, 1)?;
-    (lse - picked)?.mean_all()
+pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> candle_core::Result<Tensor> {
+    ops::cross_entropy(logits, targets)
 }
 
 pub fn ids_tensor(ids: &[u32], b: usize, t: usize) -> candle_core::Result<Tensor> {

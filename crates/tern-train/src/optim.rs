@@ -22,8 +22,14 @@ impl AdamW {
             beta2,
             eps,
             t: 0,
-            m: params.iter().map(|(_, v)| zeros(v)).collect::<Result<_>>()?,
-            v: params.iter().map(|(_, v)| zeros(v)).collect::<Result<_>>()?,
+            m: params
+                .iter()
+                .map(|(_, v)| zeros(v))
+                .collect::<Result<_>>()?,
+            v: params
+                .iter()
+                .map(|(_, v)| zeros(v))
+                .collect::<Result<_>>()?,
         })
     }
 

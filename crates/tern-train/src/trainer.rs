@@ -245,8 +245,7 @@ impl Trainer {
         let (b, t) = (c.batch_size, c.seq_len);
         let (x, y) = data::train_batch(&self.train, c.seed, self.step, b, t);
         let logits = self.model.forward(&ids_tensor(&x, b, t)?, self.mode())?;
-        let targets = candle_core::Tensor::from_vec(y, b * t, &candle_core::Device::Cpu)?;
-        let loss = cross_entropy(&logits, &targets)?;
+        let loss = cross_entropy(&logits, &y)?;
         let loss_v = loss.to_scalar::<f32>()? as f64;
         if !loss_v.is_finite() {
             return Err(TrainError::Data(format!(
@@ -325,7 +324,7 @@ impl Trainer {
                 )?;
             }
             let done = self.step == total;
-            if (c.eval_every > 0 && self.step % c.eval_every == 0) || done {
+            if (c.eval_every > 0 && self.step.is_multiple_of(c.eval_every)) || done {
                 let e = self.evaluate(self.mode())?;
                 obs.eval(&e);
                 append_metrics(
@@ -337,7 +336,7 @@ impl Trainer {
                 )?;
             }
             let interrupted = stop.load(Ordering::Relaxed);
-            if (c.save_every > 0 && self.step % c.save_every == 0) || done || interrupted {
+            if (c.save_every > 0 && self.step.is_multiple_of(c.save_every)) || done || interrupted {
                 let p = self.save()?;
                 obs.message(&format!("saved {}", p.display()));
             }
@@ -371,10 +370,11 @@ pub fn evaluate(
             x.extend_from_slice(&w[..t]);
             y.extend_from_slice(&w[1..]);
         }
-        let logits = model.forward(&ids_tensor(&x, chunk.len(), t)?, mode)?.detach();
+        let logits = model
+            .forward(&ids_tensor(&x, chunk.len(), t)?, mode)?
+            .detach();
         let n = y.len();
-        let targets = candle_core::Tensor::from_vec(y, n, &candle_core::Device::Cpu)?;
-        let loss = cross_entropy(&logits, &targets)?.to_scalar::<f32>()? as f64;
+        let loss = cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64;
         total += loss * n as f64;
         count += n;
     }
