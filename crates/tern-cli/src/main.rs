@@ -2,6 +2,7 @@
 
 mod bench_kernels;
 mod bench_model;
+mod plot;
 mod run;
 mod train;
 
@@ -26,6 +27,8 @@ enum Command {
     Info(run::InfoArgs),
     /// Train a BitNet b1.58 model (or its FP baseline) from scratch; eval and export runs.
     Train(train::Args),
+    /// Training and validation loss of several runs on one chart (PNG).
+    Plot(plot::Args),
     /// Measurements, llama-bench style.
     Bench {
         #[command(subcommand)]
@@ -49,6 +52,7 @@ fn main() {
         Command::Logits(a) => run::logits(&a),
         Command::Info(a) => run::info(&a),
         Command::Train(a) => train::run(&a),
+        Command::Plot(a) => plot::run(&a),
         Command::Bench {
             what: BenchWhat::Kernels(args),
         } => bench_kernels::run(&args),
