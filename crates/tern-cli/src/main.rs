@@ -2,6 +2,7 @@
 
 mod bench_kernels;
 mod bench_model;
+mod convert;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,8 @@ enum Command {
     Logits(run::LogitsArgs),
     /// What is in a model: architecture, sizes, tensor types, bytes read per token.
     Info(run::InfoArgs),
+    /// Convert a model: HF directory -> GGUF (tq2_0, tq1_0, i2_s, f16), GGUF -> GGUF, GGUF -> HF.
+    Convert(convert::Args),
     /// Measurements, llama-bench style.
     Bench {
         #[command(subcommand)]
@@ -45,6 +48,7 @@ fn main() {
         Command::Chat(a) => run::chat(&a),
         Command::Logits(a) => run::logits(&a),
         Command::Info(a) => run::info(&a),
+        Command::Convert(a) => convert::run(&a),
         Command::Bench {
             what: BenchWhat::Kernels(args),
         } => bench_kernels::run(&args),
