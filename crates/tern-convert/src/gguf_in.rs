@@ -49,6 +49,7 @@ impl GgufSource {
                 ternary: float_is_ternary || proj_ternary,
                 name,
                 vocab,
+                notes: Vec::new(),
             },
             permuted: arch == "llama",
             float_is_ternary,

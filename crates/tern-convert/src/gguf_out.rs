@@ -107,7 +107,7 @@ pub fn write(
     let info = src.info();
     let c = &info.config;
     let arch = arch_for(info, ty);
-    let mut notes = Notes::new();
+    let mut notes = info.notes.clone();
     let mut w = GgufWriter::new();
     let k = |s: &str| format!("{arch}.{s}");
     let u32v = |x: usize, key: &str| -> Result<GgufValue, ConvertError> {

@@ -25,7 +25,8 @@ impl HfSource {
     pub fn open(dir: &Path) -> Result<HfSource, ConvertError> {
         let (config, quant) = hf::load_config(dir)?;
         let weights = Weights::open(dir)?;
-        let vocab = vocab::from_hf_dir(dir, &config)?;
+        let mut notes = Vec::new();
+        let vocab = vocab::from_hf_dir(dir, &config, &mut notes)?;
         let name = model_name(dir);
         Ok(HfSource {
             info: ModelInfo {
@@ -33,6 +34,7 @@ impl HfSource {
                 ternary: quant != HfQuant::Dense,
                 name,
                 vocab,
+                notes,
             },
             quant,
             weights,

@@ -104,7 +104,7 @@ pub fn write(
 ) -> Result<Vec<String>, ConvertError> {
     let info = src.info();
     let c = &info.config;
-    let notes = Vec::new();
+    let notes = info.notes.clone();
     if out.exists() {
         let empty_dir = out.is_dir()
             && std::fs::read_dir(out)

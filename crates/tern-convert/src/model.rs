@@ -144,6 +144,8 @@ pub struct ModelInfo {
     pub ternary: bool,
     pub name: String,
     pub vocab: Option<Vocab>,
+    /// Caveats found while reading (passed on in the conversion's report).
+    pub notes: Vec<String>,
 }
 
 /// A model being read, one piece at a time so that a conversion never holds more than one

@@ -90,8 +90,13 @@ fn chat_template(tc: &Value) -> Option<String> {
 }
 
 /// Reads `dir/tokenizer.json` (and `tokenizer_config.json`) into a GGUF vocabulary of
-/// `config.vocab_size` entries. `Ok(None)` when there is no `tokenizer.json`.
-pub fn from_hf_dir(dir: &Path, config: &ModelConfig) -> Result<Option<Vocab>, ConvertError> {
+/// `config.vocab_size` entries. `Ok(None)` when there is no `tokenizer.json`. Caveats go to
+/// `notes`.
+pub fn from_hf_dir(
+    dir: &Path,
+    config: &ModelConfig,
+    notes: &mut Vec<String>,
+) -> Result<Option<Vocab>, ConvertError> {
     let path = dir.join(TOKENIZER_FILE);
     if !path.is_file() {
         return Ok(None);
@@ -130,8 +135,18 @@ pub fn from_hf_dir(dir: &Path, config: &ModelConfig) -> Result<Option<Vocab>, Co
                 .into(),
         ));
     }
-    let pre = recognise_pre(tj.get("pre_tokenizer").unwrap_or(&Value::Null))
-        .map_err(|w| err(format!("field pre_tokenizer: {w}")))?;
+    let pre_tokenizer = tj.get("pre_tokenizer").unwrap_or(&Value::Null);
+    let pre = recognise_pre(pre_tokenizer).map_err(|w| err(format!("field pre_tokenizer: {w}")))?;
+    if pre_tokenizer
+        .to_string()
+        .contains("\"add_prefix_space\":true")
+    {
+        notes.push(format!(
+            "{file}: the ByteLevel pre-tokenizer adds a prefix space (add_prefix_space: true); \
+             GGUF's {pre} pre-tokenizer (llama.cpp, tern) does not, so the first word of a \
+             text can get a different token than with tokenizer.json"
+        ));
+    }
 
     let n = config.vocab_size;
     let mut tokens: Vec<Option<String>> = vec![None; n];

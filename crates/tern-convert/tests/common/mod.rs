@@ -173,6 +173,7 @@ pub fn tokenizer_json(style: &str) -> Value {
     let merges = [
         ("t", "h"),
         ("th", "e"),
+        ("h", "e"),
         ("Ġ", "t"),
         ("Ġt", "he"),
         ("a", "t"),
