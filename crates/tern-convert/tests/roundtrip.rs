@@ -348,3 +348,27 @@ fn errors_name_the_file_and_tensor() {
     let e = err_of(&t, &tmp.join("o2.gguf"), WeightType::TQ1_0);
     assert!(e.contains("trunc.gguf"), "{e}");
 }
+
+/// Not a test: writes the models of the llama.cpp check in docs/formats.md ("Conversions") to
+/// `$TERN_CONVERT_EXPORT` (HF directories with a tokenizer: the synthetic relu2 and silu models
+/// and the golden fixtures), e.g.
+/// `TERN_CONVERT_EXPORT=/tmp/llcheck cargo test -p tern-convert --test roundtrip -- --ignored export`.
+#[test]
+#[ignore]
+fn export_models_for_llama_cpp_check() {
+    let Ok(out) = std::env::var("TERN_CONVERT_EXPORT") else {
+        return;
+    };
+    let out = Path::new(&out);
+    for (name, act) in [("synthetic_relu2", "relu2"), ("synthetic_silu", "silu")] {
+        let d = out.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        synthetic_hf_with(&d, act, 7);
+    }
+    for name in ["bitnet_packed", "bitnet_1bitllm_f32", "llama_dense_f16"] {
+        let d = out.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        copy_fixture(name, &d);
+        write_tokenizer(&d, "gpt2");
+    }
+}

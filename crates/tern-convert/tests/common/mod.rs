@@ -273,9 +273,14 @@ impl Lcg {
 /// 4 heads of 64, 2 KV heads, 2 layers, vocab 256, with a GPT-2-style tokenizer (the form
 /// `tern train` exports).
 pub fn synthetic_hf(dir: &Path) {
+    synthetic_hf_with(dir, "relu2", 7);
+}
+
+/// [`synthetic_hf`] with another `hidden_act` (`silu`: 1bitLLM-style) and seed.
+pub fn synthetic_hf_with(dir: &Path, hidden_act: &str, seed: u64) {
     let (h, ff, heads, kv_heads, layers, vocab) = (256usize, 512usize, 4usize, 2usize, 2, 256);
     let hd = h / heads;
-    let mut rng = Lcg(7);
+    let mut rng = Lcg(seed);
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut put = |name: String, shape: Vec<usize>, scale: f32, offset: f32, rng: &mut Lcg| {
         let n: usize = shape.iter().product();
@@ -328,7 +333,7 @@ pub fn synthetic_hf(dir: &Path) {
     let config = json!({
         "architectures": ["BitNetForCausalLM"],
         "model_type": "bitnet",
-        "hidden_act": "relu2",
+        "hidden_act": hidden_act,
         "hidden_size": h,
         "intermediate_size": ff,
         "max_position_embeddings": 64,
