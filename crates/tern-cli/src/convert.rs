@@ -18,7 +18,8 @@ pub struct Args {
     #[arg(long = "type", default_value = "tq2_0", value_parser = parse_type)]
     pub ty: WeightType,
     /// Storage of the token embedding and untied LM head in a GGUF output: auto (f32 stays
-    /// f32, a GGUF input keeps its type, else f16), f32, f16 or q8_0.
+    /// f32, a GGUF input keeps its type, else f16), f32, f16, q8_0 or q6_k (rows of a multiple
+    /// of 256 values).
     #[arg(long, default_value = "auto", value_parser = parse_head)]
     pub head: HeadType,
 }
@@ -28,13 +29,8 @@ fn parse_type(s: &str) -> Result<WeightType, String> {
 }
 
 fn parse_head(s: &str) -> Result<HeadType, String> {
-    match HeadType::parse(s) {
-        Some(h) => Ok(h),
-        None if s.eq_ignore_ascii_case("q6_k") => {
-            Err("q6_k is not implemented yet (tern reads Q6_K but has no writer); use q8_0".into())
-        }
-        None => Err(format!("unknown head type {s:?} (auto, f32, f16, q8_0)")),
-    }
+    HeadType::parse(s)
+        .ok_or_else(|| format!("unknown head type {s:?} (auto, f32, f16, q8_0, q6_k)"))
 }
 
 pub fn run(a: &Args) -> Result<()> {

@@ -311,6 +311,24 @@ fn add_float(
                 quants::quantize_q8_0(&t.to_f32()?).map_err(|e| ConvertError::tensor(name, e))?,
             )?
         }
+        (HeadType::Q6K, _) => {
+            if !t.cols.is_multiple_of(crate::q6k::QK_K) {
+                return Err(ConvertError::tensor(
+                    name,
+                    format!(
+                        "Q6_K needs rows of a multiple of 256 values, this one has {}",
+                        t.cols
+                    ),
+                ));
+            }
+            w.add_tensor(
+                name,
+                GgmlType::Q6_K,
+                &dims,
+                crate::q6k::quantize_q6_k(&t.to_f32()?)
+                    .map_err(|e| ConvertError::tensor(name, e))?,
+            )?
+        }
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ pub mod gguf_out;
 pub mod hf_in;
 pub mod hf_out;
 pub mod model;
+pub mod q6k;
 pub mod vocab;
 
 pub use error::ConvertError;
@@ -68,6 +69,8 @@ pub enum HeadType {
     F32,
     F16,
     Q8_0,
+    /// tern's own Q6_K quantizer ([`q6k`]); rows must be a multiple of 256 values.
+    Q6K,
 }
 
 impl HeadType {
@@ -77,6 +80,7 @@ impl HeadType {
             "f32" => HeadType::F32,
             "f16" => HeadType::F16,
             "q8_0" => HeadType::Q8_0,
+            "q6_k" => HeadType::Q6K,
             _ => return None,
         })
     }

@@ -156,11 +156,15 @@ fn gguf_py_reads_converted_models() {
     let dir = tmp.join("hf");
     std::fs::create_dir(&dir).unwrap();
     synthetic_hf(&dir);
-    for ty in [WeightType::TQ1_0, WeightType::TQ2_0, WeightType::F16] {
+    for (ty, head) in [
+        (WeightType::TQ1_0, HeadType::Q8_0),
+        (WeightType::TQ2_0, HeadType::Q6K),
+        (WeightType::F16, HeadType::F16),
+    ] {
         let out = tmp.join(&format!("{}.gguf", ty.name()));
         let opts = Options {
             ty,
-            head: HeadType::Q8_0,
+            head,
             progress: false,
         };
         convert(&dir, &out, &opts).unwrap();
