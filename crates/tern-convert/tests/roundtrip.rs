@@ -417,3 +417,32 @@ fn export_models_for_llama_cpp_check() {
         write_tokenizer(&d, "gpt2");
     }
 }
+
+/// A config in transformers 5.x style (`rope_parameters`, `dtype`, as `save_pretrained` and so
+/// `tern train` may write it) keeps its RoPE theta through conversion.
+#[test]
+fn transformers_5_config_style() {
+    let tmp = TempDir::new("tf5");
+    let dir = tmp.join("hf");
+    std::fs::create_dir(&dir).unwrap();
+    synthetic_hf(&dir);
+    let path = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let o = cfg.as_object_mut().unwrap();
+    o.remove("rope_theta");
+    o.remove("torch_dtype");
+    o.insert("dtype".into(), "bfloat16".into());
+    o.insert(
+        "rope_parameters".into(),
+        serde_json::json!({"rope_theta": 500000.0, "rope_type": "default"}),
+    );
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let out = tmp.join("m.gguf");
+    convert(&dir, &out, &to(WeightType::TQ2_0)).unwrap();
+    let f = GgufFile::open(&out).unwrap();
+    assert_eq!(
+        f.get("bitnet.rope.freq_base").and_then(|v| v.as_f32()),
+        Some(500000.0)
+    );
+}
