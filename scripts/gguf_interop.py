@@ -10,6 +10,12 @@
   gguf_interop.py check IN.gguf    read a file tern wrote: check the metadata against KVS_TERN, and
                                    that gguf-py's dequantization of every tensor X equals tern's,
                                    which tern stored next to it as the F32 tensor "X.deq".
+  gguf_interop.py model IN.gguf DIR  read a model file (tern convert): write DIR/fields.json
+                                   (every key with gguf-py's contents and value type, every
+                                   tensor's type and shape) and, for each tensor X, DIR/X.f32:
+                                   gguf-py's dequantization as raw little-endian f32. The Rust
+                                   side (crates/tern-convert/tests/interop.rs) compares them
+                                   with tern's reading of the same file.
 
 Run by hand, or from `cargo test -p tern-gguf --test interop` (skipped when gguf is missing;
 set TERN_PYTHON to an interpreter that has it).
@@ -137,7 +143,31 @@ def check(path):
     print(f"ok: {len(KVS_TERN)} keys, {checked} tensors ({', '.join(kinds)}) match gguf-py {path}")
 
 
+def model(path, out_dir):
+    import json
+    import os
+
+    rd = gguf.GGUFReader(path)
+    fields = {}
+    for k, f in rd.fields.items():
+        if k.startswith("GGUF."):
+            continue
+        fields[k] = {"type": f.types[0].name, "value": f.contents()}
+    tensors = {}
+    for t in rd.tensors:
+        deq = gguf.quants.dequantize(t.data, t.tensor_type).astype("<f4").ravel()
+        with open(os.path.join(out_dir, t.name + ".f32"), "wb") as fh:
+            fh.write(deq.tobytes())
+        tensors[t.name] = {"type": t.tensor_type.name, "shape": [int(x) for x in t.shape]}
+    with open(os.path.join(out_dir, "fields.json"), "w") as fh:
+        json.dump({"fields": fields, "tensors": tensors}, fh)
+    print(f"ok: gguf-py read {len(fields)} keys and {len(tensors)} tensors of {path}")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("write", "check"):
+    if len(sys.argv) == 4 and sys.argv[1] == "model":
+        model(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) != 3 or sys.argv[1] not in ("write", "check"):
         sys.exit(__doc__)
-    (write if sys.argv[1] == "write" else check)(sys.argv[2])
+    else:
+        (write if sys.argv[1] == "write" else check)(sys.argv[2])

@@ -3,6 +3,7 @@
 mod bench_kernels;
 mod bench_model;
 mod plot;
+mod convert;
 mod run;
 mod train;
 
@@ -29,6 +30,8 @@ enum Command {
     Train(train::Args),
     /// Training and validation loss of several runs on one chart (PNG).
     Plot(plot::Args),
+    /// Convert a model: HF directory -> GGUF (tq2_0, tq1_0, i2_s, f16), GGUF -> GGUF, GGUF -> HF.
+    Convert(convert::Args),
     /// Measurements, llama-bench style.
     Bench {
         #[command(subcommand)]
@@ -53,6 +56,7 @@ fn main() {
         Command::Info(a) => run::info(&a),
         Command::Train(a) => train::run(&a),
         Command::Plot(a) => plot::run(&a),
+        Command::Convert(a) => convert::run(&a),
         Command::Bench {
             what: BenchWhat::Kernels(args),
         } => bench_kernels::run(&args),

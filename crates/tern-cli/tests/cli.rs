@@ -250,3 +250,52 @@ fn chat_reads_turns_from_a_pipe_and_run_streams_text() {
     assert!(err.contains("generation: "), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn convert_to_gguf_and_back_runs_the_transformers_tokens() {
+    let tmp = std::env::temp_dir().join(format!("tern-cli-convert-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let gguf = tmp.join("m.gguf");
+    let hf = tmp.join("m-hf");
+    let greedy = |model: &Path| {
+        let (ok, out, err) = tern(&[
+            "run",
+            model.to_str().unwrap(),
+            "--prompt-ids",
+            "1 17 200 43 99 5 128 255 64 7 150 33",
+            "-n",
+            "16",
+            "--temp",
+            "0",
+            "--print-ids",
+        ]);
+        assert!(ok, "{err}");
+        out.split_whitespace().map(String::from).collect::<Vec<_>>()
+    };
+    let (ok, _, err) = tern(&[
+        "convert",
+        fixture("bitnet_packed").to_str().unwrap(),
+        gguf.to_str().unwrap(),
+        "--type",
+        "i2_s",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("wrote") && err.contains("bitnet-b1.58"),
+        "{err}"
+    );
+    let (ok, _, err) = tern(&["convert", gguf.to_str().unwrap(), hf.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let want = "81 81 255 54 54 54 54 45 45 45 45 115 115 115 115 115";
+    assert_eq!(greedy(&gguf).join(" "), want);
+    assert_eq!(greedy(&hf).join(" "), want);
+    // Errors: one line each, naming the path.
+    let (ok, _, err) = tern(&["convert", tmp.join("nope").to_str().unwrap(), "x.gguf"]);
+    assert!(!ok);
+    assert_one_error_line(&err, "nope");
+    let (ok, _, err) = tern(&["convert", gguf.to_str().unwrap(), hf.to_str().unwrap()]);
+    assert!(!ok);
+    assert_one_error_line(&err, "already exists");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}

@@ -273,6 +273,23 @@ pub(super) fn parse(dir: &Path) -> Result<Parsed, ModelError> {
         None => HfQuant::Dense,
     };
 
+    // transformers 5.x writes `rope_parameters: {rope_theta, rope_type: "default"}` instead of
+    // a top-level `rope_theta`.
+    let rope_theta = match (f.f32_opt("rope_theta")?, f.get("rope_parameters")) {
+        (Some(t), _) => t,
+        (None, Some(rp)) => {
+            let r = Fields::new(&file, "rope_parameters.", rp)?;
+            if let Some(t) = r.str_opt("rope_type")?.filter(|t| *t != "default") {
+                return Err(r.err(
+                    "rope_type",
+                    format!("{t:?} is not supported (only plain RoPE)"),
+                ));
+            }
+            r.f32_opt("rope_theta")?.unwrap_or(10_000.0)
+        }
+        (None, None) => 10_000.0,
+    };
+
     let mut bos_token_id = f.token_id("bos_token_id")?;
     let mut eos_token_ids = f.token_ids("eos_token_id")?;
     let gen_path = dir.join(GENERATION_CONFIG_FILE);
@@ -310,7 +327,7 @@ pub(super) fn parse(dir: &Path) -> Result<Parsed, ModelError> {
         head_dim,
         max_seq_len: f.usize_opt("max_position_embeddings")?.unwrap_or(2048),
         rms_norm_eps: f.f32_opt("rms_norm_eps")?.unwrap_or(default_eps),
-        rope_theta: f.f32_opt("rope_theta")?.unwrap_or(10_000.0),
+        rope_theta,
         activation,
         // Every BitNet b1.58 checkpoint family has SubLN; plain LLaMA has none.
         sub_norms: family != Family::Llama,

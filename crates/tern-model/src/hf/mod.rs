@@ -33,7 +33,7 @@ use std::path::Path;
 use tern_kernels::dense::Int8Matrix;
 use tern_kernels::formats::hf as hf_packed;
 use tern_kernels::{Layout, PackedTernary, TernaryMatrix};
-use weights::{Tensor, Weights};
+pub use weights::{Tensor, Weights};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";

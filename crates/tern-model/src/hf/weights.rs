@@ -26,14 +26,14 @@ struct Shard {
 }
 
 /// The tensors of a model directory, looked up by name.
-pub(super) struct Weights {
+pub struct Weights {
     shards: Vec<Shard>,
     /// Sharded checkpoints: the index file and its `weight_map` (tensor -> shard number).
     index: Option<(String, HashMap<String, usize>)>,
 }
 
 /// A tensor borrowed from a mapped file, with the names its errors need.
-pub(super) struct Tensor<'a> {
+pub struct Tensor<'a> {
     pub name: &'a str,
     pub file: &'a str,
     pub dtype: Dtype,
