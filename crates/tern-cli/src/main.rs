@@ -2,8 +2,8 @@
 
 mod bench_kernels;
 mod bench_model;
-mod plot;
 mod convert;
+mod plot;
 mod run;
 mod train;
 

@@ -54,6 +54,22 @@ struct RunArgs {
 
 #[derive(Subcommand)]
 enum Action {
+    /// Training speed: step time of b1.58 and of the FP twin on random tokens, model FLOPs
+    /// utilisation against the measured f32 GEMM rate.
+    Bench {
+        /// TOML config (default: the bundled model's).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Vocabulary size (the config's tokenizer size by default).
+        #[arg(long)]
+        vocab: Option<usize>,
+        /// Timed steps per model (median reported).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// One JSON line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validation loss, perplexity and bits per byte of a run's newest checkpoint, optionally
     /// after post-training quantization (how the paper's PTQ baselines are measured).
     Eval {
@@ -64,6 +80,13 @@ enum Action {
         /// Validation windows (0: all).
         #[arg(long, default_value_t = 0)]
         windows: usize,
+        /// Evaluate on this text instead of the run's validation split (files, directories,
+        /// .jsonl(.gz); tokenized with the run's tokenizer), e.g. LAMBADA passages.
+        #[arg(long = "data")]
+        data: Vec<String>,
+        /// JSONL field holding the text.
+        #[arg(long, default_value = "text")]
+        text_field: String,
         /// Print one JSON line instead of text.
         #[arg(long)]
         json: bool,
@@ -107,8 +130,10 @@ pub fn run(args: &Args) -> Result<()> {
             run_dir,
             ptq,
             windows,
+            data,
+            text_field,
             json,
-        }) => eval(run_dir, ptq, *windows, *json),
+        }) => eval(run_dir, ptq, *windows, data, text_field, *json),
         Some(Action::Export {
             run_dir,
             out,
@@ -130,8 +155,60 @@ pub fn run(args: &Args) -> Result<()> {
             eprintln!("tern: wrote {}", out.display());
             Ok(())
         }
+        Some(Action::Bench {
+            config,
+            vocab,
+            steps,
+            json,
+        }) => bench(config.as_deref(), *vocab, *steps, *json),
         None => train(&args.run),
     }
+}
+
+fn bench(config: Option<&Path>, vocab: Option<usize>, steps: usize, json: bool) -> Result<()> {
+    let c = match config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let vocab = vocab.unwrap_or(c.tokenizer.vocab_size);
+    let r = tern_train::bench::run(&c, vocab, steps.max(1))?;
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_default();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "params": r.params, "flops_per_token": r.flops_per_token,
+                "gemm_gflops": r.gemm_gflops, "threads": threads,
+                "b158_step_s": r.b158.step_s, "b158_tokens_per_s": r.b158.tokens_per_s,
+                "b158_mfu": r.b158.gflops / r.gemm_gflops,
+                "fp_step_s": r.fp.step_s, "fp_tokens_per_s": r.fp.tokens_per_s,
+                "fp_mfu": r.fp.gflops / r.gemm_gflops,
+                "b158_over_fp": r.b158.step_s / r.fp.step_s,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "model: {} parameters, {:.1} MFLOP per training token; {} threads; f32 GEMM {:.1} GFLOP/s",
+        r.params,
+        r.flops_per_token / 1e6,
+        threads,
+        r.gemm_gflops
+    );
+    println!("| model | step (s) | tokens/s | GFLOP/s | MFU vs GEMM |");
+    println!("|---|---|---|---|---|");
+    for t in [&r.b158, &r.fp] {
+        println!(
+            "| {:?} | {:.3} | {:.0} | {:.1} | {:.0}% |",
+            t.quant,
+            t.step_s,
+            t.tokens_per_s,
+            t.gflops,
+            100.0 * t.gflops / r.gemm_gflops
+        );
+    }
+    println!("b1.58 step / FP step: {:.2}x", r.b158.step_s / r.fp.step_s);
+    Ok(())
 }
 
 fn latest(run_dir: &Path) -> Result<PathBuf> {
@@ -202,9 +279,19 @@ fn train(a: &RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn eval(run_dir: &Path, ptq: &str, windows: usize, json: bool) -> Result<()> {
+fn eval(
+    run_dir: &Path,
+    ptq: &str,
+    windows: usize,
+    data: &[String],
+    text_field: &str,
+    json: bool,
+) -> Result<()> {
     let mut trainer = Trainer::resume(run_dir, None)?;
     trainer.config.train.eval_windows = windows;
+    if !data.is_empty() {
+        trainer.valid = tern_train::trainer::external_shard(&trainer, data, text_field)?;
+    }
     let mode = match ptq {
         "none" => trainer.mode(),
         "ternary" => ProjMode::B158,
@@ -217,6 +304,7 @@ fn eval(run_dir: &Path, ptq: &str, windows: usize, json: bool) -> Result<()> {
             "{}",
             serde_json::json!({
                 "run": run_dir.display().to_string(), "step": e.step, "ptq": ptq,
+                "data": if data.is_empty() { "validation split".to_string() } else { data.join(",") },
                 "quant": format!("{:?}", trainer.config.model.quant),
                 "val_loss": e.loss, "val_ppl": e.ppl, "val_bpb": e.bpb, "tokens": e.tokens,
             })

@@ -6,6 +6,7 @@
 //! [`optim`] (AdamW with the [`schedule`]) -> [`checkpoint`] -> [`export`] (a Hugging Face
 //! directory the engine and transformers load).
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

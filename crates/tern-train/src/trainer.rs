@@ -416,3 +416,26 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
         .collect();
     data::write_atomic(path, kept.as_bytes())
 }
+
+/// Tokenizes other text with the run's tokenizer into a shard next to the run's own (for
+/// evaluating on out-of-domain text such as LAMBADA passages).
+pub fn external_shard(tr: &Trainer, sources: &[String], text_field: &str) -> Result<Shard> {
+    let docs = data::read_sources(sources, text_field)?;
+    if docs.is_empty() {
+        return Err(TrainError::Data(format!("{sources:?}: no documents")));
+    }
+    let tok = tokenizers::Tokenizer::from_file(tr.run.tokenizer())
+        .map_err(|e| TrainError::Tokenizer(format!("{}: {e}", tr.run.tokenizer().display())))?;
+    let ids = data::encode_docs(&tok, &docs)?;
+    let bytes: u64 = docs.iter().map(|d| d.len() as u64).sum();
+    let path = tr.run.0.join("data").join("external-eval.tok");
+    data::write_shard(&path, &ids, tr.model.vocab, bytes)?;
+    let shard = Shard::open(&path)?;
+    if shard.len < tr.config.train.seq_len + 1 {
+        return Err(TrainError::Data(format!(
+            "{sources:?}: {} tokens, fewer than seq_len + 1",
+            shard.len
+        )));
+    }
+    Ok(shard)
+}
