@@ -2,6 +2,7 @@
 
 mod bench_kernels;
 mod bench_model;
+mod bundled;
 mod convert;
 mod plot;
 mod run;

@@ -15,7 +15,8 @@ use tern_model::State;
 /// Options every command that loads a model shares.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// A Hugging Face model directory (config.json + *.safetensors [+ tokenizer.json]) or a GGUF file.
+    /// A Hugging Face model directory (config.json + *.safetensors [+ tokenizer.json]) or a
+    /// GGUF file; none: the small BitNet b1.58 model bundled with tern.
     pub model: Option<PathBuf>,
     /// Threads (0 = all cores).
     #[arg(long, short = 't', default_value_t = 0)]
@@ -135,10 +136,18 @@ fn threads(n: usize) -> usize {
     }
 }
 
-fn model_path(m: &ModelArgs) -> Result<&Path> {
+/// The model argument, or the bundled model when there is none.
+fn model_path(m: &ModelArgs) -> Result<PathBuf> {
     match &m.model {
-        Some(p) => Ok(p),
-        None => bail!("no model given: pass a Hugging Face model directory (tern does not bundle a default model yet)"),
+        Some(p) => Ok(p.clone()),
+        None => {
+            let p = crate::bundled::path()?;
+            eprintln!(
+                "tern: no model given: using the bundled {} (docs/model-card.md)",
+                crate::bundled::NAME
+            );
+            Ok(p)
+        }
     }
 }
 
@@ -151,7 +160,7 @@ fn load(m: &ModelArgs) -> Result<Loaded> {
         other => bail!("--head {other:?}: expected f16 or int8"),
     };
     let path = model_path(m)?;
-    Ok(open(path, &LoadOptions { layout, head })?)
+    Ok(open(&path, &LoadOptions { layout, head })?)
 }
 
 fn session(m: &ModelArgs) -> Result<Session> {

@@ -299,3 +299,111 @@ fn convert_to_gguf_and_back_runs_the_transformers_tokens() {
     assert_one_error_line(&err, "already exists");
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+/// With no model argument, `tern run` uses the bundled model: the README's first command.
+#[test]
+fn run_without_a_model_uses_the_bundled_one() {
+    let cache = std::env::temp_dir().join(format!("tern-cli-cache-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["run", "-p", "The Congress", "-n", "8", "--temp", "0"])
+        .env("XDG_CACHE_HOME", &cache)
+        .output()
+        .expect("running tern");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("bundled tern-sotu-b158"), "{stderr}");
+    assert!(
+        stdout.starts_with("The Congress") && stdout.len() > "The Congress".len(),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
+/// `tern train` on a few documents, then eval, export, convert, run and plot the result.
+#[test]
+fn train_eval_export_convert_run_and_plot() {
+    let dir = std::env::temp_dir().join(format!("tern-cli-train-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("text")).unwrap();
+    let sentences = [
+        "The state of the union is strong, and the people are free.",
+        "Congress shall make the laws of the nation, and the president shall see them done.",
+        "We have paid the debts of the war and opened new roads to the west.",
+    ];
+    for i in 0..8 {
+        let doc: String = (0..40)
+            .map(|j| sentences[(i + j) % 3])
+            .collect::<Vec<_>>()
+            .join(" ");
+        std::fs::write(dir.join(format!("text/{i}.txt")), doc).unwrap();
+    }
+    let config = dir.join("tiny.toml");
+    std::fs::write(
+        &config,
+        "[model]\nhidden_size = 32\nnum_layers = 1\nnum_heads = 2\nnum_kv_heads = 1\n\
+         intermediate_size = 64\nmax_seq_len = 64\n[tokenizer]\nvocab_size = 300\n\
+         [train]\nseq_len = 32\nbatch_size = 2\nsteps = 4\nwarmup_steps = 1\neval_every = 2\n\
+         eval_windows = 2\nsave_every = 2\n",
+    )
+    .unwrap();
+    let run = dir.join("run");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (ok, _, err) = tern(&[
+        "train",
+        "-c",
+        &s(&config),
+        "-o",
+        &s(&run),
+        "--data",
+        &s(&dir.join("text")),
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("validation loss"), "{err}");
+    assert!(run.join("checkpoints/step-00000004.safetensors").is_file());
+    // A second run into the same directory is refused, not silently restarted.
+    let (ok, _, err) = tern(&[
+        "train",
+        "-c",
+        &s(&config),
+        "-o",
+        &s(&run),
+        "--data",
+        &s(&dir.join("text")),
+    ]);
+    assert!(!ok);
+    assert_one_error_line(&err, "--resume");
+
+    let (ok, out, err) = tern(&["train", "eval", &s(&run), "--ptq", "int4", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["val_ppl"].as_f64().unwrap() > 1.0, "{out}");
+
+    let hf = dir.join("hf");
+    let (ok, _, err) = tern(&["train", "export", &s(&run), "-o", &s(&hf)]);
+    assert!(ok, "{err}");
+    let gguf = dir.join("m.gguf");
+    let (ok, _, err) = tern(&["convert", &s(&hf), &s(&gguf), "--type", "tq2_0"]);
+    assert!(ok, "{err}");
+    for model in [&hf, &gguf] {
+        let (ok, out, err) = tern(&[
+            "run",
+            &s(model),
+            "-p",
+            "The state",
+            "-n",
+            "4",
+            "--temp",
+            "0",
+        ]);
+        assert!(ok, "{err}");
+        assert!(out.starts_with("The state"), "{out}");
+    }
+    let png = dir.join("loss.png");
+    let (ok, _, err) = tern(&["plot", &s(&run), "-o", &s(&png)]);
+    assert!(ok, "{err}");
+    assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
+    let _ = std::fs::remove_dir_all(&dir);
+}
