@@ -187,6 +187,13 @@ pub fn write(
     )
     .map_err(|e| ConvertError::file(st_path.display(), e.to_string()))?;
     drop(tensors);
+    // safetensors writes through a private (0600) temp file; give it a model file's mode.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&st_path, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| ConvertError::io(st_path.display(), e))?;
+    }
 
     // config.json
     let bitnet = info.ternary && c.sub_norms;

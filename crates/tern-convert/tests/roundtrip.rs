@@ -446,3 +446,47 @@ fn transformers_5_config_style() {
         Some(500000.0)
     );
 }
+
+/// Not a test: times HF -> GGUF on BitNet b1.58 2B4T's shapes (hidden 2560, FFN 6912, 20/5
+/// heads, vocab 128256) with `$TERN_CONVERT_BENCH_LAYERS` layers (default 4) under
+/// `$TERN_CONVERT_BENCH` (types: `$TERN_CONVERT_BENCH_TYPES`, e.g. `tq2_0,i2_s`), e.g. `TERN_CONVERT_BENCH=/tmp/b cargo test --release -p tern-convert
+/// --test roundtrip -- --ignored --nocapture bench_2b4t_shapes`.
+#[test]
+#[ignore]
+fn bench_2b4t_shapes() {
+    let Ok(root) = std::env::var("TERN_CONVERT_BENCH") else {
+        return;
+    };
+    let layers: usize = std::env::var("TERN_CONVERT_BENCH_LAYERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let root = Path::new(&root);
+    let dir = root.join(format!("2b4t-{layers}l"));
+    if !dir.join("model.safetensors").is_file() {
+        std::fs::create_dir_all(&dir).unwrap();
+        synthetic_hf_shaped(&dir, "relu2", 11, [2560, 6912, 20, 5, layers, 128256]);
+    }
+    let types: Vec<WeightType> = match std::env::var("TERN_CONVERT_BENCH_TYPES") {
+        Ok(v) => v.split(',').filter_map(WeightType::parse).collect(),
+        Err(_) => TYPES.to_vec(),
+    };
+    for ty in types {
+        let out = root.join(format!("2b4t-{layers}l-{}.gguf", ty.name()));
+        let t = std::time::Instant::now();
+        convert(&dir, &out, &to(ty)).unwrap();
+        let hf_to_gguf = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let back = root.join(format!("2b4t-{layers}l-{}-hf", ty.name()));
+        let _ = std::fs::remove_dir_all(&back);
+        convert(&out, &back, &to(ty)).unwrap();
+        let gguf_to_hf = t.elapsed().as_secs_f64();
+        eprintln!(
+            "{layers} layers, {}: HF -> GGUF {hf_to_gguf:.1} s ({} MB), GGUF -> HF {gguf_to_hf:.1} s",
+            ty.name(),
+            std::fs::metadata(&out).unwrap().len() / 1_000_000
+        );
+        std::fs::remove_file(&out).unwrap();
+        std::fs::remove_dir_all(&back).unwrap();
+    }
+}
