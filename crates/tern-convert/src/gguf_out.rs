@@ -342,6 +342,12 @@ fn add_ternary(
     arch: &str,
 ) -> Result<bool, ConvertError> {
     let name = format!("{base}.weight");
+    if !(m.gamma.is_finite() && m.gamma >= 0.0) {
+        return Err(ConvertError::tensor(
+            &name,
+            format!("scale {} is not a finite non-negative number", m.gamma),
+        ));
+    }
     let fits = match ty {
         WeightType::TQ1_0 | WeightType::TQ2_0 => m.cols.is_multiple_of(256),
         WeightType::I2S => (m.rows * m.cols).is_multiple_of(128),

@@ -162,6 +162,12 @@ pub fn write(
             match proj {
                 Proj::Dense(t) => tensors.push(float_tensor(name, t)?.0),
                 Proj::Ternary(m) => {
+                    if !(m.gamma.is_finite() && m.gamma >= 0.0) {
+                        return Err(ConvertError::tensor(
+                            &name,
+                            format!("scale {} is not a finite non-negative number", m.gamma),
+                        ));
+                    }
                     let (packed, rows) = hf_packed::pack(m)
                         .map_err(|e| ConvertError::tensor(&name, e.to_string()))?;
                     tensors.push(StTensor {

@@ -490,3 +490,38 @@ fn bench_2b4t_shapes() {
         std::fs::remove_dir_all(&back).unwrap();
     }
 }
+
+/// A `bitlinear` (divisor) checkpoint whose weight_scale underflows to an infinite gamma is an
+/// error naming the tensor, not a file with an infinite scale.
+#[test]
+fn infinite_scale_is_an_error() {
+    let tmp = TempDir::new("inf");
+    let dir = tmp.join("m");
+    std::fs::create_dir(&dir).unwrap();
+    copy_fixture("bitnet_packed", &dir);
+    let cfg = std::fs::read_to_string(dir.join("config.json"))
+        .unwrap()
+        .replace("\"autobitlinear\"", "\"bitlinear\"");
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    // Overwrite layer 0's q_proj weight_scale (bf16 [1]) with the smallest subnormal bf16.
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let name = "model.layers.0.self_attn.q_proj.weight_scale";
+    let t = st.tensor(name).unwrap();
+    assert_eq!(t.dtype(), safetensors::Dtype::BF16);
+    let off = t.data().as_ptr() as usize - bytes.as_ptr() as usize;
+    let mut bytes = bytes.clone();
+    bytes[off..off + 2].copy_from_slice(&1u16.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    for out in [tmp.join("o.gguf"), tmp.join("o-hf")] {
+        let e = convert(&dir, &out, &to(WeightType::TQ2_0))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("self_attn.q_proj") || e.contains("attn_q"),
+            "{e}"
+        );
+        assert!(!out.exists());
+    }
+}
