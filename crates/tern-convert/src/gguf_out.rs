@@ -10,8 +10,8 @@
 //!   loader folds it into gamma, so both get gamma exactly. When gamma is an f16 value (e.g.
 //!   bf16 `weight_scale`s), r = 1 and no scale tensor is written;
 //! - **F16** (asked for, or the fallback when a row length is not a multiple of 256 for TQ or
-//!   the size not a multiple of 128 for I2_S, as llama.cpp's converter falls back): the
-//!   fake-quantized values `q * f16(gamma)` plus the same `.scale` tensor. tern's loader
+//!   of 128 for I2_S, whose bitnet.cpp kernels need whole 128-blocks per row; llama.cpp's
+//!   converter falls back to F16 the same way): the fake-quantized values `q * f16(gamma)` plus the same `.scale` tensor. tern's loader
 //!   recovers q and gamma exactly from them.
 
 use crate::error::ConvertError;
@@ -260,8 +260,7 @@ pub fn write(
     if fallbacks > 0 {
         notes.push(format!(
             "{fallbacks} projection(s) stored as F16 (q * scale): their shape does not fit \
-             {} blocks (TQ1_0/TQ2_0 need rows of a multiple of 256 values, I2_S a multiple \
-             of 128 values)",
+             {} blocks (TQ1_0/TQ2_0 need rows of a multiple of 256 values, I2_S of 128)",
             ty.name()
         ));
     }
@@ -350,7 +349,9 @@ fn add_ternary(
     }
     let fits = match ty {
         WeightType::TQ1_0 | WeightType::TQ2_0 => m.cols.is_multiple_of(256),
-        WeightType::I2S => (m.rows * m.cols).is_multiple_of(128),
+        // bitnet.cpp's I2_S kernels walk each row in blocks of 128: a row length that is not a
+        // multiple of 128 gives garbage there (measured), though the bytes would be valid.
+        WeightType::I2S => m.cols.is_multiple_of(128),
         WeightType::F16 => true,
     };
     let fallback = !fits;
