@@ -525,3 +525,70 @@ fn infinite_scale_is_an_error() {
         assert!(!out.exists());
     }
 }
+
+/// A file shaped like bitnet.cpp's official 2B4T GGUF (arch `bitnet-b1.58`, I2_S, no
+/// `tokenizer.ggml.pre`, an extra `scores` array) retypes to upstream's arch `bitnet` with the
+/// relu2 key, `pre = llama-bpe`, the same ternary weights and logits. A Q8_0 embedding is kept
+/// byte for byte by `--head auto`.
+#[test]
+fn official_style_i2s_file_retypes() {
+    use tern_gguf::{GgufArray, GgufValue, GgufWriter};
+    let tmp = TempDir::new("official");
+    let dir = tmp.join("hf");
+    std::fs::create_dir(&dir).unwrap();
+    synthetic_hf(&dir);
+    let i2s = tmp.join("i2s.gguf");
+    let o = Options {
+        head: HeadType::Q8_0,
+        ..to(WeightType::I2S)
+    };
+    convert(&dir, &i2s, &o).unwrap();
+    // Rewrite it without tokenizer.ggml.pre and with scores, as the official file is.
+    let f = GgufFile::open(&i2s).unwrap();
+    assert_eq!(f.architecture(), Some("bitnet-b1.58"));
+    let mut w = GgufWriter::new();
+    for (k, v) in f.metadata() {
+        if k != "tokenizer.ggml.pre" {
+            w.add_kv(k.clone(), v.clone()).unwrap();
+        }
+    }
+    w.add_kv(
+        "tokenizer.ggml.scores",
+        GgufValue::Array(GgufArray::F32(vec![0.0; 256])),
+    )
+    .unwrap();
+    for t in f.tensors() {
+        let d = f.tensor(&t.name).unwrap();
+        w.add_tensor(t.name.clone(), d.ty, &d.dims, d.bytes.to_vec())
+            .unwrap();
+    }
+    let official = tmp.join("official.gguf");
+    w.write(&official).unwrap();
+
+    let out = tmp.join("tq2.gguf");
+    convert(&official, &out, &to(WeightType::TQ2_0)).unwrap();
+    let g = GgufFile::open(&out).unwrap();
+    assert_eq!(g.architecture(), Some("bitnet"));
+    assert_eq!(
+        g.get("bitnet.hidden_activation").and_then(|v| v.as_str()),
+        Some("relu2")
+    );
+    assert_eq!(
+        g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()),
+        Some("llama-bpe")
+    );
+    let (a, b) = (
+        f.tensor("token_embd.weight").unwrap(),
+        g.tensor("token_embd.weight").unwrap(),
+    );
+    assert_eq!((a.ty, b.ty), (GgmlType::Q8_0, GgmlType::Q8_0));
+    assert!(a.bytes == b.bytes, "Q8_0 embedding rewritten");
+    assert!(
+        ternary_layers(&GgufSource::open(&out).unwrap())
+            == ternary_layers(&HfSource::open(&dir).unwrap())
+    );
+    let prompt = [1u32, 40, 71, 99, 5, 200, 17];
+    let (x, _) = run(&gguf::load_model(&official, &opts()).unwrap(), &prompt, 1);
+    let (y, _) = run(&gguf::load_model(&out, &opts()).unwrap(), &prompt, 1);
+    assert_same(&y, &x, "official-style I2_S -> TQ2_0");
+}
