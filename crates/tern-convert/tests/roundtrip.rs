@@ -559,7 +559,7 @@ fn official_style_i2s_file_retypes() {
     .unwrap();
     for t in f.tensors() {
         let d = f.tensor(&t.name).unwrap();
-        w.add_tensor(t.name.clone(), d.ty, &d.dims, d.bytes.to_vec())
+        w.add_tensor(t.name.clone(), d.ty, d.dims, d.bytes.to_vec())
             .unwrap();
     }
     let official = tmp.join("official.gguf");
