@@ -592,3 +592,49 @@ fn official_style_i2s_file_retypes() {
     let (y, _) = run(&gguf::load_model(&out, &opts()).unwrap(), &prompt, 1);
     assert_same(&y, &x, "official-style I2_S -> TQ2_0");
 }
+
+/// Corrupted GGUF inputs (random byte overwrites in the header, metadata and tensor data of a
+/// converted file with a tokenizer) are converted or rejected with an error, never a panic.
+#[test]
+fn corrupted_gguf_inputs_do_not_panic() {
+    let tmp = TempDir::new("corrupt");
+    let dir = tmp.join("hf");
+    std::fs::create_dir(&dir).unwrap();
+    copy_fixture("bitnet_packed", &dir);
+    write_tokenizer(&dir, "llama3");
+    let good = tmp.join("good.gguf");
+    convert(&dir, &good, &to(WeightType::I2S)).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let mut rng = Lcg(99);
+    let (mut ok, mut err) = (0, 0);
+    for case in 0..150 {
+        let mut b = bytes.clone();
+        // Mostly the header and metadata (the first 8 KB), sometimes anywhere.
+        let span = if case % 3 == 0 {
+            b.len()
+        } else {
+            8192.min(b.len())
+        };
+        for _ in 0..1 + case % 4 {
+            let at = ((rng.next() + 1.0) / 2.0 * span as f32) as usize % span;
+            b[at] = ((rng.next() + 1.0) * 128.0) as u8;
+        }
+        let input = tmp.join("bad.gguf");
+        std::fs::write(&input, &b).unwrap();
+        let out = if case % 2 == 0 {
+            tmp.join("out.gguf")
+        } else {
+            tmp.join("out-hf")
+        };
+        let _ = std::fs::remove_dir_all(&out);
+        let _ = std::fs::remove_file(&out);
+        match convert(&input, &out, &to(WeightType::TQ1_0)) {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                err += 1
+            }
+        }
+    }
+    assert!(ok > 0 && err > 0, "{ok} converted, {err} rejected");
+}
