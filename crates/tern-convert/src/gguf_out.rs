@@ -28,7 +28,7 @@ use tern_model::Activation;
 /// llama.cpp's `llama_ftype` values for `general.file_type`.
 fn file_type(ty: WeightType, ternary: bool) -> u32 {
     match (ty, ternary) {
-        (_, false) | (WeightType::F16, _) => 1, // MOSTLY_F16
+        (_, false) | (WeightType::F16 | WeightType::BF16, _) => 1, // MOSTLY_F16
         (WeightType::TQ1_0, true) => 36,
         (WeightType::TQ2_0, true) => 37,
         (WeightType::I2S, true) => 40, // bitnet.cpp's MOSTLY_I2_S
@@ -352,7 +352,7 @@ fn add_ternary(
         // bitnet.cpp's I2_S kernels walk each row in blocks of 128: a row length that is not a
         // multiple of 128 gives garbage there (measured), though the bytes would be valid.
         WeightType::I2S => m.cols.is_multiple_of(128),
-        WeightType::F16 => true,
+        WeightType::F16 | WeightType::BF16 => true,
     };
     let fallback = !fits;
     if ty == WeightType::I2S && fits {

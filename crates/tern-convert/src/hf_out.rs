@@ -6,6 +6,12 @@
 //! projections: uint8 `[ceil(out/4), in]` plus an F32 `weight_scale` = gamma, under
 //! `quantization_config {quant_method: bitnet, linear_class: autobitlinear,
 //! quantization_mode: offline}` (the multiplier convention, like microsoft/bitnet-b1.58-2B-4T).
+//! With `master` (`--type bf16`) they are bf16 master weights under `quantization_mode:
+//! online` instead (like microsoft/bitnet-b1.58-2B-4T-bf16, and trainable): W = q * c with
+//! c = bf16(gamma / f), f the fraction of nonzero q. Absmean of W is then c * f, so
+//! `round(W / (c f))` = q / f rounds and clamps back to exactly q, and gamma comes back as
+//! bf16(gamma / f) * f, within bf16 rounding (2^-9 relative) of gamma. Writing q * gamma
+//! instead would give gamma * f: a different model.
 //! Ternary models without sub-norms become `LlamaForCausalLM` with the same quantization
 //! config; dense ones plain `LlamaForCausalLM`. Embeddings keep their storage (f32, f16 or
 //! bf16; GGUF quantized types become f16), norms are f32.
@@ -79,6 +85,34 @@ fn float_tensor(name: String, t: &FloatTensor) -> Result<(StTensor, &'static str
     })
 }
 
+/// bf16 master weights `q * bf16(gamma / f)` whose absmean quantization gives back q.
+fn master_tensor(name: String, m: &tern_kernels::TernaryMatrix) -> StTensor {
+    let nonzero = m.values.iter().filter(|&&q| q != 0).count();
+    let c = if nonzero == 0 {
+        half::bf16::ZERO
+    } else {
+        half::bf16::from_f32((m.gamma as f64 * m.values.len() as f64 / nonzero as f64) as f32)
+    };
+    let data = m
+        .values
+        .iter()
+        .flat_map(|&q| {
+            match q {
+                0 => half::bf16::ZERO,
+                1 => c,
+                _ => -c,
+            }
+            .to_le_bytes()
+        })
+        .collect();
+    StTensor {
+        name,
+        dtype: safetensors::Dtype::BF16,
+        shape: vec![m.rows, m.cols],
+        data,
+    }
+}
+
 fn write_json(path: &Path, v: &Value) -> Result<(), ConvertError> {
     let mut text =
         serde_json::to_string_pretty(v).map_err(|e| ConvertError::Other(e.to_string()))?;
@@ -100,6 +134,7 @@ impl Drop for TempDir {
 pub fn write(
     src: &dyn Source,
     out: &Path,
+    master: bool,
     progress: &Progress,
 ) -> Result<Vec<String>, ConvertError> {
     let info = src.info();
@@ -167,6 +202,10 @@ pub fn write(
                             &name,
                             format!("scale {} is not a finite non-negative number", m.gamma),
                         ));
+                    }
+                    if master {
+                        tensors.push(master_tensor(name, m));
+                        continue;
                     }
                     let (packed, rows) = hf_packed::pack(m)
                         .map_err(|e| ConvertError::tensor(&name, e.to_string()))?;
@@ -256,7 +295,7 @@ pub fn write(
             json!({
                 "quant_method": "bitnet",
                 "linear_class": "autobitlinear",
-                "quantization_mode": "offline",
+                "quantization_mode": if master { "online" } else { "offline" },
             }),
         );
     }

@@ -177,7 +177,7 @@ fn gguf_retype_chain_is_exact() {
             WeightType::TQ1_0 => GgmlType::TQ1_0,
             WeightType::TQ2_0 => GgmlType::TQ2_0,
             WeightType::I2S => GgmlType::I2_S,
-            WeightType::F16 => GgmlType::F16,
+            WeightType::F16 | WeightType::BF16 => GgmlType::F16,
         };
         for t in f.tensors() {
             if t.name.starts_with("blk.") && t.name.ends_with("_down.weight") {
@@ -637,4 +637,48 @@ fn corrupted_gguf_inputs_do_not_panic() {
         }
     }
     assert!(ok > 0 && err > 0, "{ok} converted, {err} rejected");
+}
+
+/// GGUF -> HF bf16 master weights (`--type bf16`, quantization_mode online): absmean gives back
+/// exactly the ternary values, gamma within bf16 rounding, transformers' greedy tokens; and
+/// `--type bf16` with a GGUF output is refused.
+#[test]
+fn gguf_to_hf_bf16_master() {
+    let tmp = TempDir::new("master");
+    for name in ["bitnet_online_bf16", "bitnet_1bitllm_f32"] {
+        let want = expected(name);
+        let g = tmp.join(&format!("{name}.gguf"));
+        convert(&fixture(name), &g, &to(WeightType::TQ2_0)).unwrap();
+        let dir = tmp.join(&format!("{name}-bf16"));
+        convert(&g, &dir, &to(WeightType::BF16)).unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["quantization_config"]["quantization_mode"], "online");
+        let a = ternary_layers(&GgufSource::open(&g).unwrap());
+        let b = ternary_layers(&HfSource::open(&dir).unwrap());
+        for (la, lb) in a.iter().zip(&b) {
+            for ((qa, ga), (qb, gb)) in la.iter().zip(lb) {
+                assert!(qa == qb, "{name}: ternary values changed");
+                assert!(
+                    ((ga - gb) / ga).abs() < 1.0 / 256.0,
+                    "{name}: gamma {ga} -> {gb}"
+                );
+            }
+        }
+        let m = hf::load_model(&dir, &opts()).unwrap();
+        let (logits, greedy) = run(&m, &want.input_ids, want.greedy_ids.len());
+        assert_eq!(greedy, want.greedy_ids, "{name}");
+        let e = rel_l2(&logits, &want.logits);
+        eprintln!("{name}: bf16 master vs transformers: rel L2 {e:e}");
+        assert!(e < 2e-2, "{name}: rel L2 {e:e}");
+    }
+    let e = convert(
+        &fixture("bitnet_packed"),
+        &tmp.join("x.gguf"),
+        &to(WeightType::BF16),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("bf16"), "{e}");
 }
