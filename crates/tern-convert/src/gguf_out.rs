@@ -170,11 +170,30 @@ pub fn write(
             }
             vocab::write_gguf(&mut w, v)?;
         }
-        None => notes.push(
-            "no tokenizer (no tokenizer.json / tokenizer.ggml.*): the file needs token-id \
-             prompts and llama.cpp will not load it"
-                .into(),
-        ),
+        None => {
+            notes.push(
+                "no tokenizer (no tokenizer.json / tokenizer.ggml.*): the file needs token-id \
+                 prompts and llama.cpp will not load it"
+                    .into(),
+            );
+            // The special ids are model config too (tern reads its stop tokens from them).
+            let ids = [
+                ("tokenizer.ggml.bos_token_id", c.bos_token_id),
+                (
+                    "tokenizer.ggml.eos_token_id",
+                    c.eos_token_ids.first().copied(),
+                ),
+                (
+                    "tokenizer.ggml.eot_token_id",
+                    c.eos_token_ids.get(1).copied(),
+                ),
+            ];
+            for (key, id) in ids {
+                if let Some(id) = id {
+                    w.add_kv(key, GgufValue::U32(id))?;
+                }
+            }
+        }
     }
 
     progress.set_message("embeddings");

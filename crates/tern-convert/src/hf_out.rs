@@ -113,6 +113,15 @@ fn master_tensor(name: String, m: &tern_kernels::TernaryMatrix) -> StTensor {
     }
 }
 
+/// An f32 as the shortest decimal that reads back as it (1e-5, not 9.999999747378752e-6).
+fn f32_json(x: f32) -> Value {
+    x.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or_else(|| json!(x), Value::Number)
+}
+
 fn write_json(path: &Path, v: &Value) -> Result<(), ConvertError> {
     let mut text =
         serde_json::to_string_pretty(v).map_err(|e| ConvertError::Other(e.to_string()))?;
@@ -271,8 +280,8 @@ pub fn write(
     if c.head_dim * c.num_heads != c.hidden_size {
         cfg.insert("head_dim".into(), json!(c.head_dim));
     }
-    cfg.insert("rms_norm_eps".into(), json!(c.rms_norm_eps));
-    cfg.insert("rope_theta".into(), json!(c.rope_theta));
+    cfg.insert("rms_norm_eps".into(), f32_json(c.rms_norm_eps));
+    cfg.insert("rope_theta".into(), f32_json(c.rope_theta));
     cfg.insert("tie_word_embeddings".into(), json!(c.tie_word_embeddings));
     cfg.insert("torch_dtype".into(), json!(dtype));
     cfg.insert("vocab_size".into(), json!(c.vocab_size));

@@ -682,3 +682,24 @@ fn gguf_to_hf_bf16_master() {
     .to_string();
     assert!(e.contains("bf16"), "{e}");
 }
+
+/// Without a tokenizer, BOS / EOS still travel (as `tokenizer.ggml.*_token_id`) and come back
+/// in config.json; floats are written as their shortest decimal.
+#[test]
+fn special_ids_without_tokenizer() {
+    let tmp = TempDir::new("ids");
+    let g = tmp.join("m.gguf");
+    convert(&fixture("bitnet_packed"), &g, &to(WeightType::TQ2_0)).unwrap();
+    let m = gguf::load_model(&g, &opts()).unwrap();
+    assert_eq!(m.config.bos_token_id, Some(1));
+    assert_eq!(m.config.eos_token_ids, vec![2]);
+    let dir = tmp.join("hf");
+    convert(&g, &dir, &to(WeightType::TQ2_0)).unwrap();
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    assert_eq!(
+        (v["bos_token_id"].as_u64(), v["eos_token_id"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(v["rms_norm_eps"].as_f64(), Some(1e-5), "{cfg}");
+}
