@@ -152,6 +152,12 @@ pub fn write(
             );
         }
     }
+    if !info.ternary && ty != WeightType::F16 {
+        notes.push(format!(
+            "dense model (no ternary projections): projections are written as F16, not {}",
+            ty.name()
+        ));
+    }
     if arch == "bitnet" && !c.tie_word_embeddings {
         notes.push(
             "untied LM head under arch bitnet: llama.cpp's bitnet graph uses token_embd as \
