@@ -14,7 +14,8 @@ pub struct Args {
     /// be empty).
     pub output: PathBuf,
     /// Storage of ternary projections in a GGUF output: tq2_0, tq1_0, i2_s or f16. Dense
-    /// (LLaMA) projections are always f16.
+    /// (LLaMA) projections are always f16. For a Hugging Face output: bf16 writes master
+    /// weights (quantization_mode online, trainable); anything else packed uint8.
     #[arg(long = "type", default_value = "tq2_0", value_parser = parse_type)]
     pub ty: WeightType,
     /// Storage of the token embedding and untied LM head in a GGUF output: auto (f32 stays
@@ -25,7 +26,8 @@ pub struct Args {
 }
 
 fn parse_type(s: &str) -> Result<WeightType, String> {
-    WeightType::parse(s).ok_or_else(|| format!("unknown type {s:?} (tq2_0, tq1_0, i2_s, f16)"))
+    WeightType::parse(s)
+        .ok_or_else(|| format!("unknown type {s:?} (tq2_0, tq1_0, i2_s, f16; bf16 for HF output)"))
 }
 
 fn parse_head(s: &str) -> Result<HeadType, String> {

@@ -10,8 +10,8 @@
 //!   loader folds it into gamma, so both get gamma exactly. When gamma is an f16 value (e.g.
 //!   bf16 `weight_scale`s), r = 1 and no scale tensor is written;
 //! - **F16** (asked for, or the fallback when a row length is not a multiple of 256 for TQ or
-//!   the size not a multiple of 128 for I2_S, as llama.cpp's converter falls back): the
-//!   fake-quantized values `q * f16(gamma)` plus the same `.scale` tensor. tern's loader
+//!   of 128 for I2_S, whose bitnet.cpp kernels need whole 128-blocks per row; llama.cpp's
+//!   converter falls back to F16 the same way): the fake-quantized values `q * f16(gamma)` plus the same `.scale` tensor. tern's loader
 //!   recovers q and gamma exactly from them.
 
 use crate::error::ConvertError;
@@ -28,7 +28,7 @@ use tern_model::Activation;
 /// llama.cpp's `llama_ftype` values for `general.file_type`.
 fn file_type(ty: WeightType, ternary: bool) -> u32 {
     match (ty, ternary) {
-        (_, false) | (WeightType::F16, _) => 1, // MOSTLY_F16
+        (_, false) | (WeightType::F16 | WeightType::BF16, _) => 1, // MOSTLY_F16
         (WeightType::TQ1_0, true) => 36,
         (WeightType::TQ2_0, true) => 37,
         (WeightType::I2S, true) => 40, // bitnet.cpp's MOSTLY_I2_S
@@ -152,6 +152,12 @@ pub fn write(
             );
         }
     }
+    if !info.ternary && ty != WeightType::F16 {
+        notes.push(format!(
+            "dense model (no ternary projections): projections are written as F16, not {}",
+            ty.name()
+        ));
+    }
     if arch == "bitnet" && !c.tie_word_embeddings {
         notes.push(
             "untied LM head under arch bitnet: llama.cpp's bitnet graph uses token_embd as \
@@ -170,11 +176,30 @@ pub fn write(
             }
             vocab::write_gguf(&mut w, v)?;
         }
-        None => notes.push(
-            "no tokenizer (no tokenizer.json / tokenizer.ggml.*): the file needs token-id \
-             prompts and llama.cpp will not load it"
-                .into(),
-        ),
+        None => {
+            notes.push(
+                "no tokenizer (no tokenizer.json / tokenizer.ggml.*): the file needs token-id \
+                 prompts and llama.cpp will not load it"
+                    .into(),
+            );
+            // The special ids are model config too (tern reads its stop tokens from them).
+            let ids = [
+                ("tokenizer.ggml.bos_token_id", c.bos_token_id),
+                (
+                    "tokenizer.ggml.eos_token_id",
+                    c.eos_token_ids.first().copied(),
+                ),
+                (
+                    "tokenizer.ggml.eot_token_id",
+                    c.eos_token_ids.get(1).copied(),
+                ),
+            ];
+            for (key, id) in ids {
+                if let Some(id) = id {
+                    w.add_kv(key, GgufValue::U32(id))?;
+                }
+            }
+        }
     }
 
     progress.set_message("embeddings");
@@ -260,8 +285,7 @@ pub fn write(
     if fallbacks > 0 {
         notes.push(format!(
             "{fallbacks} projection(s) stored as F16 (q * scale): their shape does not fit \
-             {} blocks (TQ1_0/TQ2_0 need rows of a multiple of 256 values, I2_S a multiple \
-             of 128 values)",
+             {} blocks (TQ1_0/TQ2_0 need rows of a multiple of 256 values, I2_S of 128)",
             ty.name()
         ));
     }
@@ -342,10 +366,18 @@ fn add_ternary(
     arch: &str,
 ) -> Result<bool, ConvertError> {
     let name = format!("{base}.weight");
+    if !(m.gamma.is_finite() && m.gamma >= 0.0) {
+        return Err(ConvertError::tensor(
+            &name,
+            format!("scale {} is not a finite non-negative number", m.gamma),
+        ));
+    }
     let fits = match ty {
         WeightType::TQ1_0 | WeightType::TQ2_0 => m.cols.is_multiple_of(256),
-        WeightType::I2S => (m.rows * m.cols).is_multiple_of(128),
-        WeightType::F16 => true,
+        // bitnet.cpp's I2_S kernels walk each row in blocks of 128: a row length that is not a
+        // multiple of 128 gives garbage there (measured), though the bytes would be valid.
+        WeightType::I2S => m.cols.is_multiple_of(128),
+        WeightType::F16 | WeightType::BF16 => true,
     };
     let fallback = !fits;
     if ty == WeightType::I2S && fits {

@@ -6,6 +6,12 @@
 //! projections: uint8 `[ceil(out/4), in]` plus an F32 `weight_scale` = gamma, under
 //! `quantization_config {quant_method: bitnet, linear_class: autobitlinear,
 //! quantization_mode: offline}` (the multiplier convention, like microsoft/bitnet-b1.58-2B-4T).
+//! With `master` (`--type bf16`) they are bf16 master weights under `quantization_mode:
+//! online` instead (like microsoft/bitnet-b1.58-2B-4T-bf16, and trainable): W = q * c with
+//! c = bf16(gamma / f), f the fraction of nonzero q. Absmean of W is then c * f, so
+//! `round(W / (c f))` = q / f rounds and clamps back to exactly q, and gamma comes back as
+//! bf16(gamma / f) * f, within bf16 rounding (2^-9 relative) of gamma. Writing q * gamma
+//! instead would give gamma * f: a different model.
 //! Ternary models without sub-norms become `LlamaForCausalLM` with the same quantization
 //! config; dense ones plain `LlamaForCausalLM`. Embeddings keep their storage (f32, f16 or
 //! bf16; GGUF quantized types become f16), norms are f32.
@@ -79,6 +85,43 @@ fn float_tensor(name: String, t: &FloatTensor) -> Result<(StTensor, &'static str
     })
 }
 
+/// bf16 master weights `q * bf16(gamma / f)` whose absmean quantization gives back q.
+fn master_tensor(name: String, m: &tern_kernels::TernaryMatrix) -> StTensor {
+    let nonzero = m.values.iter().filter(|&&q| q != 0).count();
+    let c = if nonzero == 0 {
+        half::bf16::ZERO
+    } else {
+        half::bf16::from_f32((m.gamma as f64 * m.values.len() as f64 / nonzero as f64) as f32)
+    };
+    let data = m
+        .values
+        .iter()
+        .flat_map(|&q| {
+            match q {
+                0 => half::bf16::ZERO,
+                1 => c,
+                _ => -c,
+            }
+            .to_le_bytes()
+        })
+        .collect();
+    StTensor {
+        name,
+        dtype: safetensors::Dtype::BF16,
+        shape: vec![m.rows, m.cols],
+        data,
+    }
+}
+
+/// An f32 as the shortest decimal that reads back as it (1e-5, not 9.999999747378752e-6).
+fn f32_json(x: f32) -> Value {
+    x.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or_else(|| json!(x), Value::Number)
+}
+
 fn write_json(path: &Path, v: &Value) -> Result<(), ConvertError> {
     let mut text =
         serde_json::to_string_pretty(v).map_err(|e| ConvertError::Other(e.to_string()))?;
@@ -100,6 +143,7 @@ impl Drop for TempDir {
 pub fn write(
     src: &dyn Source,
     out: &Path,
+    master: bool,
     progress: &Progress,
 ) -> Result<Vec<String>, ConvertError> {
     let info = src.info();
@@ -162,6 +206,16 @@ pub fn write(
             match proj {
                 Proj::Dense(t) => tensors.push(float_tensor(name, t)?.0),
                 Proj::Ternary(m) => {
+                    if !(m.gamma.is_finite() && m.gamma >= 0.0) {
+                        return Err(ConvertError::tensor(
+                            &name,
+                            format!("scale {} is not a finite non-negative number", m.gamma),
+                        ));
+                    }
+                    if master {
+                        tensors.push(master_tensor(name, m));
+                        continue;
+                    }
                     let (packed, rows) = hf_packed::pack(m)
                         .map_err(|e| ConvertError::tensor(&name, e.to_string()))?;
                     tensors.push(StTensor {
@@ -187,6 +241,13 @@ pub fn write(
     )
     .map_err(|e| ConvertError::file(st_path.display(), e.to_string()))?;
     drop(tensors);
+    // safetensors writes through a private (0600) temp file; give it a model file's mode.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&st_path, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| ConvertError::io(st_path.display(), e))?;
+    }
 
     // config.json
     let bitnet = info.ternary && c.sub_norms;
@@ -219,8 +280,8 @@ pub fn write(
     if c.head_dim * c.num_heads != c.hidden_size {
         cfg.insert("head_dim".into(), json!(c.head_dim));
     }
-    cfg.insert("rms_norm_eps".into(), json!(c.rms_norm_eps));
-    cfg.insert("rope_theta".into(), json!(c.rope_theta));
+    cfg.insert("rms_norm_eps".into(), f32_json(c.rms_norm_eps));
+    cfg.insert("rope_theta".into(), f32_json(c.rope_theta));
     cfg.insert("tie_word_embeddings".into(), json!(c.tie_word_embeddings));
     cfg.insert("torch_dtype".into(), json!(dtype));
     cfg.insert("vocab_size".into(), json!(c.vocab_size));
@@ -243,7 +304,7 @@ pub fn write(
             json!({
                 "quant_method": "bitnet",
                 "linear_class": "autobitlinear",
-                "quantization_mode": "offline",
+                "quantization_mode": if master { "online" } else { "offline" },
             }),
         );
     }

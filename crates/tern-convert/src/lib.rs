@@ -37,6 +37,9 @@ pub enum WeightType {
     I2S,
     /// fake-quantized `q * scale` as f16 (plus an f32 correction scale).
     F16,
+    /// Hugging Face output only: bf16 master weights (`quantization_mode: online`) from which
+    /// absmean gives back the same ternary values (see [`hf_out`]).
+    BF16,
 }
 
 impl WeightType {
@@ -46,6 +49,7 @@ impl WeightType {
             WeightType::TQ1_0 => "tq1_0",
             WeightType::I2S => "i2_s",
             WeightType::F16 => "f16",
+            WeightType::BF16 => "bf16",
         }
     }
 
@@ -55,6 +59,7 @@ impl WeightType {
             "tq1_0" => WeightType::TQ1_0,
             "i2_s" => WeightType::I2S,
             "f16" => WeightType::F16,
+            "bf16" => WeightType::BF16,
             _ => return None,
         })
     }
@@ -164,6 +169,13 @@ pub fn convert(input: &Path, output: &Path, opts: &Options) -> Result<Report, Co
             "not a model (expected a Hugging Face directory with config.json or a GGUF file)",
         ));
     };
+    if is_gguf_path(output) && opts.ty == WeightType::BF16 {
+        return Err(ConvertError::Other(
+            "--type bf16 writes Hugging Face master weights; for a GGUF output use tq2_0, \
+             tq1_0, i2_s or f16"
+                .into(),
+        ));
+    }
     let steps = src.info().config.num_layers as u64 + 2;
     let progress = Progress::new(steps, opts.progress);
     let result = if is_gguf_path(output) {
@@ -175,7 +187,8 @@ pub fn convert(input: &Path, output: &Path, opts: &Options) -> Result<Report, Co
             notes,
         })
     } else {
-        hf_out::write(src.as_ref(), output, &progress).map(|notes| Report {
+        let master = opts.ty == WeightType::BF16;
+        hf_out::write(src.as_ref(), output, master, &progress).map(|notes| Report {
             from,
             to: "hf",
             arch: src_arch,

@@ -52,18 +52,20 @@ impl FloatTensor {
         })
     }
 
-    /// The values as f16: exact for F16, rounded to nearest otherwise. Values beyond f16's
-    /// range are an error naming the tensor and element.
+    /// The values as f16: exact for F16, rounded to nearest otherwise (one pass, no f32 copy
+    /// of the tensor). Values beyond f16's range are an error naming the tensor and element.
     pub fn to_f16(&self) -> Result<Vec<f16>, ConvertError> {
-        if let FloatData::F16(v) = &self.data {
-            return Ok(v.clone());
-        }
-        let f = self.to_f32()?;
-        let h: Vec<f16> = f.iter().map(|&x| f16::from_f32(x)).collect();
+        let h: Vec<f16> = match &self.data {
+            FloatData::F16(v) => return Ok(v.clone()),
+            FloatData::F32(v) => v.iter().map(|&x| f16::from_f32(x)).collect(),
+            FloatData::BF16(v) => v.iter().map(|x| f16::from_f32(x.to_f32())).collect(),
+            FloatData::Gguf { .. } => self.to_f32()?.iter().map(|&x| f16::from_f32(x)).collect(),
+        };
         if let Some(i) = h.iter().position(|x| !x.is_finite()) {
+            let source = self.to_f32()?[i];
             return Err(ConvertError::tensor(
                 &self.name,
-                format!("element {i} = {} does not fit in f16 (|x| > 65504)", f[i]),
+                format!("element {i} = {source} does not fit in f16 (|x| > 65504)"),
             ));
         }
         Ok(h)

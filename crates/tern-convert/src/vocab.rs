@@ -253,9 +253,10 @@ pub fn from_hf_dir(
         });
     let pad = lookup("pad_token");
     let post_adds_bos = bos.is_some_and(|b| {
-        let bos_str = &tokens[b as usize];
-        tj.get("post_processor")
-            .is_some_and(|p| p.to_string().contains(&format!("\"{bos_str}\"")))
+        tokens.get(b as usize).is_some_and(|bos_str| {
+            tj.get("post_processor")
+                .is_some_and(|p| p.to_string().contains(&format!("\"{bos_str}\"")))
+        })
     });
     let add_bos = tc
         .get("add_bos_token")
@@ -430,9 +431,12 @@ pub fn tokenizer_json(v: &Vocab) -> Value {
         json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
     };
     let byte_level_post = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true});
-    let post_processor = match v.bos.filter(|_| v.add_bos) {
-        Some(b) => {
-            let bos = &v.tokens[b as usize];
+    let bos_token = v
+        .bos
+        .filter(|_| v.add_bos)
+        .and_then(|b| Some((b, v.tokens.get(b as usize)?)));
+    let post_processor = match bos_token {
+        Some((b, bos)) => {
             json!({"type": "Sequence", "processors": [
                 byte_level_post,
                 {"type": "TemplateProcessing",
@@ -470,7 +474,7 @@ pub fn tokenizer_json(v: &Vocab) -> Value {
 
 /// `tokenizer_config.json`: special tokens, `add_bos_token` and the chat template.
 pub fn tokenizer_config_json(v: &Vocab, max_len: usize) -> Value {
-    let tok = |id: Option<u32>| id.map(|i| v.tokens[i as usize].clone());
+    let tok = |id: Option<u32>| id.and_then(|i| v.tokens.get(i as usize).cloned());
     let mut m = Map::new();
     m.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
     m.insert("add_bos_token".into(), json!(v.add_bos));

@@ -177,7 +177,7 @@ fn gguf_retype_chain_is_exact() {
             WeightType::TQ1_0 => GgmlType::TQ1_0,
             WeightType::TQ2_0 => GgmlType::TQ2_0,
             WeightType::I2S => GgmlType::I2_S,
-            WeightType::F16 => GgmlType::F16,
+            WeightType::F16 | WeightType::BF16 => GgmlType::F16,
         };
         for t in f.tensors() {
             if t.name.starts_with("blk.") && t.name.ends_with("_down.weight") {
@@ -445,4 +445,261 @@ fn transformers_5_config_style() {
         f.get("bitnet.rope.freq_base").and_then(|v| v.as_f32()),
         Some(500000.0)
     );
+}
+
+/// Not a test: times HF -> GGUF on BitNet b1.58 2B4T's shapes (hidden 2560, FFN 6912, 20/5
+/// heads, vocab 128256) with `$TERN_CONVERT_BENCH_LAYERS` layers (default 4) under
+/// `$TERN_CONVERT_BENCH` (types: `$TERN_CONVERT_BENCH_TYPES`, e.g. `tq2_0,i2_s`), e.g. `TERN_CONVERT_BENCH=/tmp/b cargo test --release -p tern-convert
+/// --test roundtrip -- --ignored --nocapture bench_2b4t_shapes`.
+#[test]
+#[ignore]
+fn bench_2b4t_shapes() {
+    let Ok(root) = std::env::var("TERN_CONVERT_BENCH") else {
+        return;
+    };
+    let layers: usize = std::env::var("TERN_CONVERT_BENCH_LAYERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let root = Path::new(&root);
+    let dir = root.join(format!("2b4t-{layers}l"));
+    if !dir.join("model.safetensors").is_file() {
+        std::fs::create_dir_all(&dir).unwrap();
+        synthetic_hf_shaped(&dir, "relu2", 11, [2560, 6912, 20, 5, layers, 128256]);
+    }
+    let types: Vec<WeightType> = match std::env::var("TERN_CONVERT_BENCH_TYPES") {
+        Ok(v) => v.split(',').filter_map(WeightType::parse).collect(),
+        Err(_) => TYPES.to_vec(),
+    };
+    for ty in types {
+        let out = root.join(format!("2b4t-{layers}l-{}.gguf", ty.name()));
+        let t = std::time::Instant::now();
+        convert(&dir, &out, &to(ty)).unwrap();
+        let hf_to_gguf = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let back = root.join(format!("2b4t-{layers}l-{}-hf", ty.name()));
+        let _ = std::fs::remove_dir_all(&back);
+        convert(&out, &back, &to(ty)).unwrap();
+        let gguf_to_hf = t.elapsed().as_secs_f64();
+        eprintln!(
+            "{layers} layers, {}: HF -> GGUF {hf_to_gguf:.1} s ({} MB), GGUF -> HF {gguf_to_hf:.1} s",
+            ty.name(),
+            std::fs::metadata(&out).unwrap().len() / 1_000_000
+        );
+        std::fs::remove_file(&out).unwrap();
+        std::fs::remove_dir_all(&back).unwrap();
+    }
+}
+
+/// A `bitlinear` (divisor) checkpoint whose weight_scale underflows to an infinite gamma is an
+/// error naming the tensor, not a file with an infinite scale.
+#[test]
+fn infinite_scale_is_an_error() {
+    let tmp = TempDir::new("inf");
+    let dir = tmp.join("m");
+    std::fs::create_dir(&dir).unwrap();
+    copy_fixture("bitnet_packed", &dir);
+    let cfg = std::fs::read_to_string(dir.join("config.json"))
+        .unwrap()
+        .replace("\"autobitlinear\"", "\"bitlinear\"");
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    // Overwrite layer 0's q_proj weight_scale (bf16 [1]) with the smallest subnormal bf16.
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let name = "model.layers.0.self_attn.q_proj.weight_scale";
+    let t = st.tensor(name).unwrap();
+    assert_eq!(t.dtype(), safetensors::Dtype::BF16);
+    let off = t.data().as_ptr() as usize - bytes.as_ptr() as usize;
+    let mut bytes = bytes.clone();
+    bytes[off..off + 2].copy_from_slice(&1u16.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    for out in [tmp.join("o.gguf"), tmp.join("o-hf")] {
+        let e = convert(&dir, &out, &to(WeightType::TQ2_0))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("self_attn.q_proj") || e.contains("attn_q"),
+            "{e}"
+        );
+        assert!(!out.exists());
+    }
+}
+
+/// A file shaped like bitnet.cpp's official 2B4T GGUF (arch `bitnet-b1.58`, I2_S, no
+/// `tokenizer.ggml.pre`, an extra `scores` array) retypes to upstream's arch `bitnet` with the
+/// relu2 key, `pre = llama-bpe`, the same ternary weights and logits. A Q8_0 embedding is kept
+/// byte for byte by `--head auto`.
+#[test]
+fn official_style_i2s_file_retypes() {
+    use tern_gguf::{GgufArray, GgufValue, GgufWriter};
+    let tmp = TempDir::new("official");
+    let dir = tmp.join("hf");
+    std::fs::create_dir(&dir).unwrap();
+    synthetic_hf(&dir);
+    let i2s = tmp.join("i2s.gguf");
+    let o = Options {
+        head: HeadType::Q8_0,
+        ..to(WeightType::I2S)
+    };
+    convert(&dir, &i2s, &o).unwrap();
+    // Rewrite it without tokenizer.ggml.pre and with scores, as the official file is.
+    let f = GgufFile::open(&i2s).unwrap();
+    assert_eq!(f.architecture(), Some("bitnet-b1.58"));
+    let mut w = GgufWriter::new();
+    for (k, v) in f.metadata() {
+        if k != "tokenizer.ggml.pre" {
+            w.add_kv(k.clone(), v.clone()).unwrap();
+        }
+    }
+    w.add_kv(
+        "tokenizer.ggml.scores",
+        GgufValue::Array(GgufArray::F32(vec![0.0; 256])),
+    )
+    .unwrap();
+    for t in f.tensors() {
+        let d = f.tensor(&t.name).unwrap();
+        w.add_tensor(t.name.clone(), d.ty, d.dims, d.bytes.to_vec())
+            .unwrap();
+    }
+    let official = tmp.join("official.gguf");
+    w.write(&official).unwrap();
+
+    let out = tmp.join("tq2.gguf");
+    convert(&official, &out, &to(WeightType::TQ2_0)).unwrap();
+    let g = GgufFile::open(&out).unwrap();
+    assert_eq!(g.architecture(), Some("bitnet"));
+    assert_eq!(
+        g.get("bitnet.hidden_activation").and_then(|v| v.as_str()),
+        Some("relu2")
+    );
+    assert_eq!(
+        g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()),
+        Some("llama-bpe")
+    );
+    let (a, b) = (
+        f.tensor("token_embd.weight").unwrap(),
+        g.tensor("token_embd.weight").unwrap(),
+    );
+    assert_eq!((a.ty, b.ty), (GgmlType::Q8_0, GgmlType::Q8_0));
+    assert!(a.bytes == b.bytes, "Q8_0 embedding rewritten");
+    assert!(
+        ternary_layers(&GgufSource::open(&out).unwrap())
+            == ternary_layers(&HfSource::open(&dir).unwrap())
+    );
+    let prompt = [1u32, 40, 71, 99, 5, 200, 17];
+    let (x, _) = run(&gguf::load_model(&official, &opts()).unwrap(), &prompt, 1);
+    let (y, _) = run(&gguf::load_model(&out, &opts()).unwrap(), &prompt, 1);
+    assert_same(&y, &x, "official-style I2_S -> TQ2_0");
+}
+
+/// Corrupted GGUF inputs (random byte overwrites in the header, metadata and tensor data of a
+/// converted file with a tokenizer) are converted or rejected with an error, never a panic.
+#[test]
+fn corrupted_gguf_inputs_do_not_panic() {
+    let tmp = TempDir::new("corrupt");
+    let dir = tmp.join("hf");
+    std::fs::create_dir(&dir).unwrap();
+    copy_fixture("bitnet_packed", &dir);
+    write_tokenizer(&dir, "llama3");
+    let good = tmp.join("good.gguf");
+    convert(&dir, &good, &to(WeightType::I2S)).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let mut rng = Lcg(99);
+    let (mut ok, mut err) = (0, 0);
+    for case in 0..150 {
+        let mut b = bytes.clone();
+        // Mostly the header and metadata (the first 8 KB), sometimes anywhere.
+        let span = if case % 3 == 0 {
+            b.len()
+        } else {
+            8192.min(b.len())
+        };
+        for _ in 0..1 + case % 4 {
+            let at = ((rng.next() + 1.0) / 2.0 * span as f32) as usize % span;
+            b[at] = ((rng.next() + 1.0) * 128.0) as u8;
+        }
+        let input = tmp.join("bad.gguf");
+        std::fs::write(&input, &b).unwrap();
+        let out = if case % 2 == 0 {
+            tmp.join("out.gguf")
+        } else {
+            tmp.join("out-hf")
+        };
+        let _ = std::fs::remove_dir_all(&out);
+        let _ = std::fs::remove_file(&out);
+        match convert(&input, &out, &to(WeightType::TQ1_0)) {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                err += 1
+            }
+        }
+    }
+    assert!(ok > 0 && err > 0, "{ok} converted, {err} rejected");
+}
+
+/// GGUF -> HF bf16 master weights (`--type bf16`, quantization_mode online): absmean gives back
+/// exactly the ternary values, gamma within bf16 rounding, transformers' greedy tokens; and
+/// `--type bf16` with a GGUF output is refused.
+#[test]
+fn gguf_to_hf_bf16_master() {
+    let tmp = TempDir::new("master");
+    for name in ["bitnet_online_bf16", "bitnet_1bitllm_f32"] {
+        let want = expected(name);
+        let g = tmp.join(&format!("{name}.gguf"));
+        convert(&fixture(name), &g, &to(WeightType::TQ2_0)).unwrap();
+        let dir = tmp.join(&format!("{name}-bf16"));
+        convert(&g, &dir, &to(WeightType::BF16)).unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["quantization_config"]["quantization_mode"], "online");
+        let a = ternary_layers(&GgufSource::open(&g).unwrap());
+        let b = ternary_layers(&HfSource::open(&dir).unwrap());
+        for (la, lb) in a.iter().zip(&b) {
+            for ((qa, ga), (qb, gb)) in la.iter().zip(lb) {
+                assert!(qa == qb, "{name}: ternary values changed");
+                assert!(
+                    ((ga - gb) / ga).abs() < 1.0 / 256.0,
+                    "{name}: gamma {ga} -> {gb}"
+                );
+            }
+        }
+        let m = hf::load_model(&dir, &opts()).unwrap();
+        let (logits, greedy) = run(&m, &want.input_ids, want.greedy_ids.len());
+        assert_eq!(greedy, want.greedy_ids, "{name}");
+        let e = rel_l2(&logits, &want.logits);
+        eprintln!("{name}: bf16 master vs transformers: rel L2 {e:e}");
+        assert!(e < 2e-2, "{name}: rel L2 {e:e}");
+    }
+    let e = convert(
+        &fixture("bitnet_packed"),
+        &tmp.join("x.gguf"),
+        &to(WeightType::BF16),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("bf16"), "{e}");
+}
+
+/// Without a tokenizer, BOS / EOS still travel (as `tokenizer.ggml.*_token_id`) and come back
+/// in config.json; floats are written as their shortest decimal.
+#[test]
+fn special_ids_without_tokenizer() {
+    let tmp = TempDir::new("ids");
+    let g = tmp.join("m.gguf");
+    convert(&fixture("bitnet_packed"), &g, &to(WeightType::TQ2_0)).unwrap();
+    let m = gguf::load_model(&g, &opts()).unwrap();
+    assert_eq!(m.config.bos_token_id, Some(1));
+    assert_eq!(m.config.eos_token_ids, vec![2]);
+    let dir = tmp.join("hf");
+    convert(&g, &dir, &to(WeightType::TQ2_0)).unwrap();
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    assert_eq!(
+        (v["bos_token_id"].as_u64(), v["eos_token_id"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(v["rms_norm_eps"].as_f64(), Some(1e-5), "{cfg}");
 }

@@ -278,7 +278,13 @@ pub fn synthetic_hf(dir: &Path) {
 
 /// [`synthetic_hf`] with another `hidden_act` (`silu`: 1bitLLM-style) and seed.
 pub fn synthetic_hf_with(dir: &Path, hidden_act: &str, seed: u64) {
-    let (h, ff, heads, kv_heads, layers, vocab) = (256usize, 512usize, 4usize, 2usize, 2, 256);
+    synthetic_hf_shaped(dir, hidden_act, seed, [256, 512, 4, 2, 2, 256]);
+}
+
+/// A synthetic 2B4T-style directory of any shape: `[hidden, intermediate, heads, kv_heads,
+/// layers, vocab]` (vocab >= 256 for the test tokenizer).
+pub fn synthetic_hf_shaped(dir: &Path, hidden_act: &str, seed: u64, shape: [usize; 6]) {
+    let [h, ff, heads, kv_heads, layers, vocab] = shape;
     let hd = h / heads;
     let mut rng = Lcg(seed);
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
