@@ -29,6 +29,8 @@ enum Command {
     Info(run::InfoArgs),
     /// Train a BitNet b1.58 model (or its FP baseline) from scratch; eval and export runs.
     Train(train::Args),
+    /// Post-training quantization of an FP training run (ternary or 4-bit), for comparison.
+    Quantize(train::QuantizeArgs),
     /// Training and validation loss of several runs on one chart (PNG).
     Plot(plot::Args),
     /// Convert a model: HF directory -> GGUF (tq2_0, tq1_0, i2_s, f16), GGUF -> GGUF, GGUF -> HF.
@@ -57,6 +59,7 @@ fn main() {
         Command::Info(a) => run::info(&a),
         Command::Train(a) => train::run(&a),
         Command::Plot(a) => plot::run(&a),
+        Command::Quantize(a) => train::quantize(&a),
         Command::Convert(a) => convert::run(&a),
         Command::Bench {
             what: BenchWhat::Kernels(args),

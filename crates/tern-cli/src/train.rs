@@ -104,6 +104,10 @@ enum Action {
         /// A specific checkpoint instead of the newest.
         #[arg(long)]
         checkpoint: Option<PathBuf>,
+        /// Post-training quantization of an FP run: ternary (absmean, exported as a b1.58
+        /// model) or int4 (per group of 32, stored dequantized).
+        #[arg(long)]
+        ptq: Option<String>,
     },
 }
 
@@ -139,7 +143,14 @@ pub fn run(args: &Args) -> Result<()> {
             out,
             form,
             checkpoint,
+            ptq,
         }) => {
+            let ptq = match ptq.as_deref() {
+                None | Some("none") => None,
+                Some("ternary") => Some(export::Ptq::Ternary),
+                Some("int4") => Some(export::Ptq::Int4 { group: 32 }),
+                Some(other) => bail!("--ptq {other:?}: expected ternary or int4"),
+            };
             let form = match form.as_str() {
                 "bf16" => Form::Bf16,
                 "f32" => Form::F32,
@@ -150,7 +161,7 @@ pub fn run(args: &Args) -> Result<()> {
                 Some(p) => p.clone(),
                 None => latest(run_dir)?,
             };
-            export::export_hf(&ck, &run_dir.join("tokenizer.json"), out, form)
+            export::export_hf_ptq(&ck, &run_dir.join("tokenizer.json"), out, form, ptq)
                 .with_context(|| format!("exporting {}", ck.display()))?;
             eprintln!("tern: wrote {}", out.display());
             Ok(())
@@ -385,4 +396,40 @@ impl Observer for Progress {
         ));
         self.last_eval = Some(e.clone());
     }
+}
+
+/// `tern quantize RUN_DIR --method ternary|int4 -o OUT`: post-training quantization of an FP
+/// run into a model directory the engine runs (the paper's PTQ baselines).
+#[derive(ClapArgs)]
+pub struct QuantizeArgs {
+    run_dir: PathBuf,
+    /// ternary (absmean, per tensor) or int4 (symmetric, groups of 32).
+    #[arg(long)]
+    method: String,
+    #[arg(long, short)]
+    out: PathBuf,
+}
+
+pub fn quantize(a: &QuantizeArgs) -> Result<()> {
+    let ptq = match a.method.as_str() {
+        "ternary" => export::Ptq::Ternary,
+        "int4" => export::Ptq::Int4 { group: 32 },
+        other => bail!("--method {other:?}: expected ternary or int4"),
+    };
+    let ck = latest(&a.run_dir)?;
+    export::export_hf_ptq(
+        &ck,
+        &a.run_dir.join("tokenizer.json"),
+        &a.out,
+        Form::F32,
+        Some(ptq),
+    )
+    .with_context(|| format!("quantizing {}", ck.display()))?;
+    eprintln!(
+        "tern: wrote {} ({} PTQ of {})",
+        a.out.display(),
+        a.method,
+        ck.display()
+    );
+    Ok(())
 }

@@ -26,8 +26,51 @@ pub enum Form {
 /// The 2B4T chat template (`Role: content<|eot_id|>`, generation prompt `Assistant: `).
 const CHAT_TEMPLATE: &str = "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}{{ message['role'] | capitalize }}: {{ message['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}Assistant: {% endif %}";
 
+/// Post-training quantization applied on export (`tern quantize`), for the paper's PTQ
+/// baselines: the FP model's weights as they are, quantized once, no training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ptq {
+    /// Absmean ternary (what the paper warns against): the FP weights exported as a b1.58
+    /// model, so every projection is quantized as BitNet's would be.
+    Ternary,
+    /// Symmetric 4-bit per group of `group` weights (the common practice), stored
+    /// dequantized in a dense model.
+    Int4 { group: usize },
+}
+
 pub fn export_hf(ckpt: &Path, tokenizer: &Path, out: &Path, form: Form) -> Result<()> {
-    let ck = checkpoint::load(ckpt)?;
+    export_hf_ptq(ckpt, tokenizer, out, form, None)
+}
+
+pub fn export_hf_ptq(
+    ckpt: &Path,
+    tokenizer: &Path,
+    out: &Path,
+    form: Form,
+    ptq: Option<Ptq>,
+) -> Result<()> {
+    let mut ck = checkpoint::load(ckpt)?;
+    if ptq.is_some() && ck.config.model.quant != Quant::None {
+        return Err(TrainError::Config {
+            file: ckpt.display().to_string(),
+            what: "post-training quantization applies to FP runs (model.quant = \"none\")".into(),
+        });
+    }
+    match ptq {
+        Some(Ptq::Ternary) => ck.config.model.quant = Quant::B158,
+        Some(Ptq::Int4 { group }) => {
+            for (name, var) in &ck.params {
+                if is_projection(name) {
+                    let q = crate::quant::apply(
+                        var.as_tensor(),
+                        crate::quant::Int4GroupQuant { group },
+                    )?;
+                    var.set(&q)?;
+                }
+            }
+        }
+        None => {}
+    }
     let c = &ck.config;
     let m = &c.model;
     let tok = tokenizers::Tokenizer::from_file(tokenizer)
