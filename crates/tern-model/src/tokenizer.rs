@@ -28,6 +28,8 @@ const BOS_TOKEN_NAMES: [&str; 4] = ["<|begin_of_text|>", "<s>", "<bos>", "<|star
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     bos: Option<u32>,
+    /// The id `encode` appends with `add_bos` (GGUF `tokenizer.ggml.add_eos_token`).
+    eos_appended: Option<u32>,
     /// One past the largest id (model vocabulary and added tokens), i.e. the logits length
     /// the tokenizer can address. Not `get_vocab_size(true)`, which double-counts tokens that
     /// are both in the model vocabulary and added.
@@ -74,6 +76,7 @@ impl Tokenizer {
         Self {
             inner,
             bos,
+            eos_appended: None,
             vocab_size,
         }
     }
@@ -93,7 +96,19 @@ impl Tokenizer {
         self.bos = bos;
     }
 
-    /// Encodes `text`; with `add_bos` the result starts with exactly one BOS.
+    /// Makes [`encode`](Self::encode) with `add_bos` also end the ids with `eos` (once), as
+    /// llama.cpp does for vocabularies with `tokenizer.ggml.add_eos_token`.
+    pub fn set_eos_appended(&mut self, eos: Option<u32>) {
+        self.eos_appended = eos;
+    }
+
+    /// The id [`encode`](Self::encode) appends with `add_bos`, if any.
+    pub fn eos_appended(&self) -> Option<u32> {
+        self.eos_appended
+    }
+
+    /// Encodes `text`; with `add_bos` the result starts with exactly one BOS (and ends with
+    /// one EOS for tokenizers set up with [`set_eos_appended`](Self::set_eos_appended)).
     ///
     /// The rule: the text is always encoded without the post-processor's special tokens
     /// (special-token strings written in the text are still recognised), then a run of BOS
@@ -116,6 +131,11 @@ impl Tokenizer {
                 n => {
                     ids.drain(..n - 1);
                 }
+            }
+        }
+        if let (true, Some(eos)) = (add_bos, self.eos_appended) {
+            if ids.last() != Some(&eos) {
+                ids.push(eos);
             }
         }
         Ok(ids)
