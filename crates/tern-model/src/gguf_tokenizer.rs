@@ -60,8 +60,9 @@ const GPT2_LLAMA_CPP: &str =
 
 /// The `tokenizer.ggml.pre` values of `gpt2` vocabularies that tern reads, with the split
 /// regexes llama.cpp applies one after the other (`llm_tokenizer_bpe`), and whether a piece
-/// that is a whole token skips the merges (`ignore_merges`). Absent means LLaMA-3 (BitNet
-/// b1.58 2B4T files have no `pre`, `bitnet-spec.md` 5.3.3).
+/// that is a whole token skips the merges (`ignore_merges`). Absent means `default`, except
+/// that an absent or `default` `pre` on a LLaMA-3 vocabulary means `llama-bpe` (see
+/// [`tokenizer_from_gguf`]).
 pub const GPT2_PRE_TOKENIZERS: &[(&[&str], &[&str], bool)] = &[
     (
         &["llama-bpe", "llama3", "llama-v3", "dbrx", "smaug-bpe"],
@@ -142,6 +143,10 @@ const SPM_SPACE: char = '\u{2581}';
 /// `no_vocab`). Errors name the key: an unsupported `tokenizer.ggml.model` (`bert`, `t5`,
 /// `rwkv`, ...) or `tokenizer.ggml.pre`, and inconsistent metadata (missing or mistyped
 /// arrays, lengths that disagree, bad merges, out-of-range token ids).
+///
+/// One deliberate difference from llama.cpp: a `gpt2` vocabulary with `<|begin_of_text|>`
+/// whose `tokenizer.ggml.pre` is absent or `default` is split with LLaMA-3's regex, not
+/// llama.cpp's default ones, because BitNet b1.58 GGUF files are written that way.
 pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Option<Tokenizer>, ModelError> {
     let err = |what: String| ModelError::Config {
         file: file.path().display().to_string(),
@@ -170,7 +175,7 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Option<Tokenizer>, ModelEr
                     supported_pre_names()
                 ))
             })?;
-            Kind::Bpe(split, pre == Some("default"))
+            Kind::Bpe(split, matches!(pre, None | Some("default")))
         }
         "llama" => Kind::Spm,
         other => {
@@ -184,9 +189,10 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Option<Tokenizer>, ModelEr
     let meta = Meta::read(file, &err)?;
     let (mut tok, default_bos, default_add_bos) = match kind {
         Kind::Bpe(mut split, is_default) => {
+            // BitNet b1.58 2B4T's official GGUF has no `pre` (bitnet-spec.md 5.3.3) and
             // bitnet.cpp's converter writes "default" for LLaMA-3 vocabularies (BitNet PR
-            // #508), where llama.cpp then splits text the GPT-2 way and generation degrades;
-            // such a vocabulary gets its own regex here, as when `pre` is absent.
+            // #508); llama.cpp then splits text with its default regexes and generation
+            // degrades. A LLaMA-3 vocabulary gets its own regex here instead.
             if is_default && meta.tokens.iter().any(|t| t == "<|begin_of_text|>") {
                 split = (&[LLAMA3_PATTERN], true);
             }
@@ -248,7 +254,7 @@ enum Kind {
 
 /// The split regexes and `ignore_merges` for a `gpt2` vocabulary's `tokenizer.ggml.pre`.
 fn gpt2_pre_tokenizer(pre: Option<&str>) -> Option<(&'static [&'static str], bool)> {
-    let pre = pre.unwrap_or("llama-bpe");
+    let pre = pre.unwrap_or("default");
     GPT2_PRE_TOKENIZERS
         .iter()
         .find(|(names, _, _)| names.contains(&pre))

@@ -125,6 +125,37 @@ fn absent_pre_is_supported_and_add_bos_false_disables_bos() {
 }
 
 #[test]
+fn absent_or_default_pre_means_llama3_only_for_llama3_vocabularies() {
+    // Without <|begin_of_text|>: llama.cpp's default regexes, which split punctuation off
+    // first, unlike LLaMA-3's (and GPT-2's) " ?[^\s\p{L}\p{N}]+".
+    let kvs = vec![
+        ("tokenizer.ggml.model", GgufValue::String("gpt2".into())),
+        ("tokenizer.ggml.tokens", strings(&["Ġ", ",", "Ġ,", "a"])),
+        ("tokenizer.ggml.merges", strings(&["Ġ ,"])),
+    ];
+    let enc = |extra: &[(&str, GgufValue)]| {
+        let f = gguf(&kvs, extra);
+        tokenizer_from_gguf(&f)
+            .unwrap()
+            .unwrap()
+            .encode(" ,a", false)
+            .unwrap()
+    };
+    let pre = |p: &str| ("tokenizer.ggml.pre", GgufValue::String(p.into()));
+    assert_eq!(enc(&[]), [0, 1, 3]);
+    assert_eq!(enc(&[pre("default")]), [0, 1, 3]);
+    assert_eq!(enc(&[pre("llama-bpe")]), [2, 3]);
+    assert_eq!(enc(&[pre("gpt-2")]), [2, 3]);
+    // With it: LLaMA-3's.
+    let tokens = strings(&["Ġ", ",", "Ġ,", "a", "<|begin_of_text|>"]);
+    assert_eq!(enc(&[("tokenizer.ggml.tokens", tokens.clone())]), [2, 3]);
+    assert_eq!(
+        enc(&[("tokenizer.ggml.tokens", tokens), pre("default")]),
+        [2, 3]
+    );
+}
+
+#[test]
 fn add_eos_token_appends_eos_once() {
     let f = tiny(&[("tokenizer.ggml.add_eos_token", GgufValue::Bool(true))]);
     let tok = tokenizer_from_gguf(&f).unwrap().unwrap();
@@ -342,7 +373,21 @@ fn tiny_spm_vocab_merges_by_score_with_byte_fallback() {
         assert_eq!(tok.decode(&ids), text, "{ids:?}");
     }
     assert_eq!(tok.decode_raw(&[1, hello, 2]), "<s> hello</s>");
+    for text in ["hello", " hello x", "ü hello  é", "日本 hello"] {
+        assert_eq!(stream(&tok, &tok.encode(text, true).unwrap()), text);
+    }
     assert_eq!(tok.stop_tokens(&[2]), [2]);
+}
+
+/// Decodes `ids` one token at a time, as generation does.
+fn stream(tok: &Tokenizer, ids: &[u32]) -> String {
+    let mut d = tok.stream_decoder();
+    let mut out = String::new();
+    for &id in ids {
+        out.extend(d.step(id));
+    }
+    out.extend(d.flush());
+    out
 }
 
 #[test]
@@ -806,9 +851,11 @@ fn generated_texts(tokens: &[String], types: &[i64], n: usize) -> Vec<String> {
     out
 }
 
-fn differential(name: &str, n: usize) {
-    let path = fixture_dir().join(format!("ggml-vocab-{name}.gguf"));
-    let f = GgufFile::open(&path).unwrap();
+/// Tokenizes generated texts (and the `.inp` cases, when there are some) with tern and with
+/// [`LlamaCppSpm`]; returns how many differ, printing the first few.
+fn differential(path: &Path, n: usize) -> usize {
+    let name = path.file_name().unwrap().to_string_lossy();
+    let f = GgufFile::open(path).unwrap();
     let tok = tokenizer_from_gguf(&f).unwrap().unwrap();
     let reference = LlamaCppSpm::new(&f);
     let tokens = f
@@ -822,8 +869,12 @@ fn differential(name: &str, n: usize) {
         .and_then(GgufArray::to_i64s)
         .unwrap();
     let mut texts = generated_texts(tokens, &types, n);
-    texts.extend(cases(&path).into_iter().map(|(t, _)| t));
-    let mut bad = 0;
+    let mut inp = path.as_os_str().to_owned();
+    inp.push(".inp");
+    if Path::new(&inp).exists() {
+        texts.extend(cases(path).into_iter().map(|(t, _)| t));
+    }
+    let (mut bad, mut streamed) = (0, 0);
     for text in &texts {
         let want = reference.tokenize(text);
         let got = tok.encode(text, false).unwrap();
@@ -836,6 +887,14 @@ fn differential(name: &str, n: usize) {
         // Texts with a literal ▁ decode it as a space, like llama.cpp.
         if !text.contains('\u{2581}') {
             assert_eq!(&tok.decode(&got), text, "{name}: decode of {text:?}");
+            if streamed < 300 {
+                streamed += 1;
+                assert_eq!(
+                    &stream(&tok, &got),
+                    text,
+                    "{name}: streamed decode of {text:?}"
+                );
+            }
         }
     }
     eprintln!(
@@ -843,21 +902,44 @@ fn differential(name: &str, n: usize) {
         texts.len() - bad,
         texts.len()
     );
-    assert_eq!(
-        bad, 0,
-        "{name}: {bad} texts tokenize differently from llama.cpp's algorithm"
-    );
+    bad
 }
 
 #[test]
 fn spm_matches_llama_cpp_algorithm_on_generated_text() {
-    differential("llama-spm", 3000);
+    let bad = differential(&fixture_dir().join("ggml-vocab-llama-spm.gguf"), 3000);
+    assert_eq!(
+        bad, 0,
+        "texts tokenize differently from llama.cpp's algorithm"
+    );
+}
+
+/// Baichuan's 64k SentencePiece vocabulary (in `TERN_VOCAB_DIR`; it has no `.inp`/`.out`).
+#[test]
+fn spm_baichuan_matches_llama_cpp_algorithm() {
+    let Some(path) = vocab_dir()
+        .map(|d| d.join("ggml-vocab-baichuan.gguf"))
+        .filter(|p| p.exists())
+    else {
+        assert!(
+            !in_ci(),
+            "CI=true: ggml-vocab-baichuan.gguf not in TERN_VOCAB_DIR"
+        );
+        eprintln!("SKIPPED: set TERN_VOCAB_DIR to llama.cpp's models/ (ggml-vocab-baichuan.gguf)");
+        return;
+    };
+    let bad = differential(&path, 1000);
+    assert_eq!(
+        bad, 0,
+        "texts tokenize differently from llama.cpp's algorithm"
+    );
 }
 
 #[test]
 fn spm_phi3_specials_and_generated_text() {
-    differential("phi-3", 500);
-    let f = GgufFile::open(fixture_dir().join("ggml-vocab-phi-3.gguf")).unwrap();
+    let path = fixture_dir().join("ggml-vocab-phi-3.gguf");
+    assert_eq!(differential(&path, 500), 0);
+    let f = GgufFile::open(&path).unwrap();
     let tok = tokenizer_from_gguf(&f).unwrap().unwrap();
     let (user, end, eot) = (
         id(&tok, "<|user|>"),
