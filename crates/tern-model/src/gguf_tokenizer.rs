@@ -58,41 +58,98 @@ const QWEN35_PATTERN: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL
 const GPT2_LLAMA_CPP: &str =
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 
-/// The `tokenizer.ggml.pre` values of `gpt2` vocabularies that tern reads, with the split
-/// regexes llama.cpp applies one after the other (`llm_tokenizer_bpe`), and whether a piece
-/// that is a whole token skips the merges (`ignore_merges`). Absent means `default`, except
-/// that an absent or `default` `pre` on a LLaMA-3 vocabulary means `llama-bpe` (see
-/// [`tokenizer_from_gguf`]).
-pub const GPT2_PRE_TOKENIZERS: &[(&[&str], &[&str], bool)] = &[
-    (
-        &["llama-bpe", "llama3", "llama-v3", "dbrx", "smaug-bpe"],
-        &[LLAMA3_PATTERN],
-        true,
-    ),
-    (
-        &["gpt-2", "gpt2", "phi-2", "mpt", "olmo"],
-        &[GPT2_PATTERN],
-        false,
-    ),
-    (
-        &["qwen2", "deepseek-r1-qwen", "stablelm2"],
-        &[QWEN2_PATTERN],
-        false,
-    ),
-    (&["qwen35"], &[QWEN35_PATTERN], false),
-    (
-        &["starcoder", "refact", "command-r", "smollm", "codeshell"],
-        &[r"\p{N}", GPT2_LLAMA_CPP],
-        false,
-    ),
-    (
-        &["falcon"],
-        &[r"[\p{P}\$\+<=>\^~\|`]+", GPT2_LLAMA_CPP, r"[0-9][0-9][0-9]"],
-        false,
-    ),
-    (
-        &["deepseek-llm"],
-        &[
+/// A `tokenizer.ggml.pre` value of `gpt2` vocabularies as llama.cpp handles it
+/// (`llm_tokenizer_bpe` and `llama_vocab::impl::load`).
+#[derive(Debug, Clone, Copy)]
+pub struct PreTokenizer {
+    /// The `tokenizer.ggml.pre` names llama.cpp treats this way.
+    pub names: &'static [&'static str],
+    /// Split regexes, applied one after the other, each to the pieces of the one before;
+    /// matches and the text between them are both pieces.
+    pub patterns: &'static [&'static str],
+    /// A piece that is a whole token skips the merges.
+    pub ignore_merges: bool,
+    /// llama.cpp's `add_bos` when `tokenizer.ggml.add_bos_token` is absent.
+    pub add_bos: bool,
+    /// The llama.cpp reference vocabulary (`ggml-vocab-<name>.gguf` with `.inp`/`.out`) that
+    /// checks this code path in `tests/gguf_tokenizer.rs`; `None`: not checked.
+    pub verified_by: Option<&'static str>,
+}
+
+/// The pre-tokenizers tern reads. An absent `pre` means `default`, except that an absent or
+/// `default` `pre` on a LLaMA-3 vocabulary means `llama-bpe` (see [`tokenizer_from_gguf`]).
+pub const GPT2_PRE_TOKENIZERS: &[PreTokenizer] = &[
+    PreTokenizer {
+        names: &[
+            "llama-bpe",
+            "llama3",
+            "llama-v3",
+            "falcon3",
+            "falcon-h1",
+            "pixtral",
+            "midm-2.0",
+            "lfm2",
+        ],
+        patterns: &[LLAMA3_PATTERN],
+        ignore_merges: true,
+        add_bos: true,
+        verified_by: Some("llama-bpe"),
+    },
+    PreTokenizer {
+        // LLaMA-3's regex without ignore_merges or a default BOS.
+        names: &["dbrx", "smaug-bpe"],
+        patterns: &[LLAMA3_PATTERN],
+        ignore_merges: false,
+        add_bos: false,
+        verified_by: None,
+    },
+    PreTokenizer {
+        // "gpt2" is not a llama.cpp name; tern has always read it as GPT-2.
+        names: &["gpt-2", "gpt2", "phi-2", "mpt", "olmo"],
+        patterns: &[GPT2_PATTERN],
+        ignore_merges: false,
+        add_bos: false,
+        verified_by: Some("gpt-2"),
+    },
+    PreTokenizer {
+        names: &["qwen2", "deepseek-r1-qwen", "stablelm2"],
+        patterns: &[QWEN2_PATTERN],
+        ignore_merges: false,
+        add_bos: false,
+        verified_by: Some("qwen2"),
+    },
+    PreTokenizer {
+        names: &["qwen35"],
+        patterns: &[QWEN35_PATTERN],
+        ignore_merges: false,
+        add_bos: false,
+        verified_by: Some("qwen35"),
+    },
+    PreTokenizer {
+        names: &[
+            "starcoder",
+            "refact",
+            "command-r",
+            "smollm",
+            "codeshell",
+            "exaone",
+            "minerva-7b",
+        ],
+        patterns: &[r"\p{N}", GPT2_LLAMA_CPP],
+        ignore_merges: false,
+        add_bos: false,
+        verified_by: Some("starcoder"),
+    },
+    PreTokenizer {
+        names: &["falcon"],
+        patterns: &[r"[\p{P}\$\+<=>\^~\|`]+", GPT2_LLAMA_CPP, r"[0-9][0-9][0-9]"],
+        ignore_merges: false,
+        add_bos: false,
+        verified_by: Some("falcon"),
+    },
+    PreTokenizer {
+        names: &["deepseek-llm"],
+        patterns: &[
             r"[\r\n]",
             r"\s?[A-Za-z\x{B5}\x{C0}-\x{D6}\x{D8}-\x{F6}\x{F8}-\x{1BA}\x{1BC}-\x{1BF}\x{1C4}-\x{293}\x{295}-\x{2AF}\x{370}-\x{373}\x{376}\x{377}\x{37B}-\x{37D}\x{37F}\x{386}\x{388}-\x{38A}\x{38C}\x{38E}-\x{3A1}\x{3A3}-\x{3F5}\x{3F7}-\x{481}\x{48A}-\x{52F}\x{531}-\x{556}\x{10A0}-\x{10C5}\x{13A0}-\x{13F5}\x{13F8}-\x{13FD}\x{1C90}-\x{1CBA}\x{1CBD}-\x{1CBF}\x{1D00}-\x{1D2B}\x{1D6B}-\x{1D77}\x{1D79}-\x{1D9A}\x{1E00}-\x{1F15}\x{1F18}-\x{1F1D}\x{1F20}-\x{1F45}\x{1F48}-\x{1F4D}\x{1F50}-\x{1F57}\x{1F59}\x{1F5B}\x{1F5D}\x{1F5F}-\x{1F7D}\x{1F80}-\x{1FB4}\x{1FB6}-\x{1FBC}\x{1FBE}\x{1FC2}-\x{1FC4}\x{1FC6}-\x{1FCC}\x{1FD0}-\x{1FD3}\x{1FD6}-\x{1FDB}\x{1FE0}-\x{1FEC}\x{1FF2}-\x{1FF4}\x{1FF6}-\x{1FFC}\x{2102}\x{2107}\x{210A}-\x{2113}\x{2115}\x{2119}-\x{211D}\x{2124}\x{2126}\x{2128}\x{212A}-\x{212D}\x{212F}-\x{2134}\x{2139}\x{213C}-\x{213F}\x{2145}-\x{2149}\x{214E}\x{2183}\x{2184}\x{2C00}-\x{2C7B}\x{2C7E}-\x{2CE4}\x{2CEB}-\x{2CEE}\x{2CF2}\x{2CF3}\x{A640}-\x{A66D}\x{A680}-\x{A69B}\x{A722}-\x{A76F}\x{A771}-\x{A787}\x{A78B}-\x{A78E}\x{AB70}-\x{ABBF}\x{FB00}-\x{FB06}\x{FB13}-\x{FB17}\x{FF21}-\x{FF3A}\x{FF41}-\x{FF5A}\x{10400}-\x{1044F}\x{104B0}-\x{104D3}\x{104D8}-\x{104FB}\x{10C80}-\x{10CB2}\x{10CC0}-\x{10CF2}\x{118A0}-\x{118DF}\x{1E900}-\x{1E943}]+",
             r"\s?[!-/:-~\x{FF01}-\x{FF0F}\x{FF1A}-\x{FF5E}\x{2018}-\x{201F}\x{3000}-\x{3002}]+",
@@ -100,29 +157,35 @@ pub const GPT2_PRE_TOKENIZERS: &[(&[&str], &[&str], bool)] = &[
             r"[\x{4E00}-\x{9FA5}\x{800}-\x{4E00}\x{AC00}-\x{D7FF}]+",
             r"\p{N}+",
         ],
-        false,
-    ),
-    (
-        &["deepseek-coder"],
-        &[
+        ignore_merges: false,
+        add_bos: false,
+        verified_by: Some("deepseek-llm"),
+    },
+    PreTokenizer {
+        names: &["deepseek-coder"],
+        patterns: &[
             r"[\r\n]",
             r"\s?\p{L}+",
             r"\s?\p{P}+",
             r"[\x{4E00}-\x{9FA5}\x{800}-\x{4E00}\x{AC00}-\x{D7FF}]+",
             r"\p{N}",
         ],
-        false,
-    ),
-    (
-        &["default"],
-        &[
+        ignore_merges: false,
+        add_bos: false,
+        verified_by: Some("deepseek-coder"),
+    },
+    PreTokenizer {
+        names: &["default"],
+        patterns: &[
             r"[\p{P}\$\+<=>\^~\|]+",
             GPT2_LLAMA_CPP,
             r"\p{N}+",
             r"[0-9][0-9][0-9]",
         ],
-        false,
-    ),
+        ignore_merges: false,
+        add_bos: false,
+        verified_by: None,
+    },
 ];
 
 /// `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
@@ -188,20 +251,15 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Option<Tokenizer>, ModelEr
 
     let meta = Meta::read(file, &err)?;
     let (mut tok, default_bos, default_add_bos) = match kind {
-        Kind::Bpe(mut split, is_default) => {
+        Kind::Bpe(mut pre, is_default) => {
             // BitNet b1.58 2B4T's official GGUF has no `pre` (bitnet-spec.md 5.3.3) and
             // bitnet.cpp's converter writes "default" for LLaMA-3 vocabularies (BitNet PR
             // #508); llama.cpp then splits text with its default regexes and generation
             // degrades. A LLaMA-3 vocabulary gets its own regex here instead.
             if is_default && meta.tokens.iter().any(|t| t == "<|begin_of_text|>") {
-                split = (&[LLAMA3_PATTERN], true);
+                pre = &GPT2_PRE_TOKENIZERS[0];
             }
-            let (patterns, ignore_merges) = split;
-            (
-                build_bpe(file, &meta, patterns, ignore_merges, &err)?,
-                None,
-                true,
-            )
+            (build_bpe(file, &meta, pre, &err)?, None, pre.add_bos)
         }
         Kind::Spm => (build_spm(file, &meta, &err)?, Some(1), true),
     };
@@ -247,24 +305,21 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Option<Tokenizer>, ModelEr
 }
 
 enum Kind {
-    /// Split regexes and `ignore_merges`; whether `pre` was `"default"`.
-    Bpe((&'static [&'static str], bool), bool),
+    /// The pre-tokenizer; whether `pre` was absent or `"default"`.
+    Bpe(&'static PreTokenizer, bool),
     Spm,
 }
 
-/// The split regexes and `ignore_merges` for a `gpt2` vocabulary's `tokenizer.ggml.pre`.
-fn gpt2_pre_tokenizer(pre: Option<&str>) -> Option<(&'static [&'static str], bool)> {
+/// The pre-tokenizer for a `gpt2` vocabulary's `tokenizer.ggml.pre`.
+fn gpt2_pre_tokenizer(pre: Option<&str>) -> Option<&'static PreTokenizer> {
     let pre = pre.unwrap_or("default");
-    GPT2_PRE_TOKENIZERS
-        .iter()
-        .find(|(names, _, _)| names.contains(&pre))
-        .map(|&(_, patterns, ignore)| (patterns, ignore))
+    GPT2_PRE_TOKENIZERS.iter().find(|p| p.names.contains(&pre))
 }
 
 fn supported_pre_names() -> String {
     let names: Vec<String> = GPT2_PRE_TOKENIZERS
         .iter()
-        .flat_map(|(names, _, _)| names.iter().map(|n| format!("{n:?}")))
+        .flat_map(|p| p.names.iter().map(|n| format!("{n:?}")))
         .collect();
     names.join(", ")
 }
@@ -368,27 +423,25 @@ fn check_len(
 fn build_bpe(
     file: &GgufFile,
     meta: &Meta,
-    patterns: &[&str],
-    ignore_merges: bool,
+    pre: &PreTokenizer,
     err: &dyn Fn(String) -> ModelError,
 ) -> Result<Tokenizer, ModelError> {
-    let merges: Vec<(String, String)> = match file.get("tokenizer.ggml.merges") {
-        None => Vec::new(),
-        Some(v) => v
-            .as_array()
-            .and_then(GgufArray::as_strings)
-            .ok_or_else(|| err("tokenizer.ggml.merges is not a string array".into()))?
-            .iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| err(format!("tokenizer.ggml.merges: bad merge {m:?}")))
-            })
-            .collect::<Result<_, _>>()?,
-    };
+    // llama.cpp refuses gpt2 vocabularies without merges too.
+    let merges: Vec<(String, String)> = file
+        .get("tokenizer.ggml.merges")
+        .and_then(GgufValue::as_array)
+        .and_then(GgufArray::as_strings)
+        .ok_or_else(|| err("tokenizer.ggml.merges is missing or not a string array".into()))?
+        .iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| err(format!("tokenizer.ggml.merges: bad merge {m:?}")))
+        })
+        .collect::<Result<_, _>>()?;
     let bpe = BPE::builder()
         .vocab_and_merges(meta.vocab(), merges)
-        .ignore_merges(ignore_merges)
+        .ignore_merges(pre.ignore_merges)
         .build()
         .map_err(|e| {
             err(format!(
@@ -396,8 +449,8 @@ fn build_bpe(
             ))
         })?;
 
-    let mut steps = Vec::with_capacity(patterns.len() + 1);
-    for pattern in patterns {
+    let mut steps = Vec::with_capacity(pre.patterns.len() + 1);
+    for pattern in pre.patterns {
         let split = Split::new(
             SplitPattern::Regex(pattern.to_string()),
             SplitDelimiterBehavior::Isolated,

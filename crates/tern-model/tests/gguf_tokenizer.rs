@@ -156,6 +156,42 @@ fn absent_or_default_pre_means_llama3_only_for_llama3_vocabularies() {
 }
 
 #[test]
+fn add_bos_defaults_follow_llama_cpp() {
+    // llama.cpp adds a BOS by default only for LLaMA-3-style pre-tokenizers (and SPM).
+    for (pre, bos) in [("llama-bpe", Some(0)), ("qwen2", None), ("gpt-2", None)] {
+        let f = tiny(&[("tokenizer.ggml.pre", GgufValue::String(pre.into()))]);
+        let tok = tokenizer_from_gguf(&f).unwrap().unwrap();
+        assert_eq!(tok.bos_token_id(), bos, "{pre}");
+        let f = tiny(&[
+            ("tokenizer.ggml.pre", GgufValue::String(pre.into())),
+            ("tokenizer.ggml.add_bos_token", GgufValue::Bool(true)),
+        ]);
+        let tok = tokenizer_from_gguf(&f).unwrap().unwrap();
+        assert_eq!(tok.bos_token_id(), Some(0), "{pre}");
+    }
+}
+
+#[test]
+fn every_checked_pre_tokenizer_has_a_passing_reference_vocab() {
+    use tern_model::gguf_tokenizer::GPT2_PRE_TOKENIZERS;
+    for pre in GPT2_PRE_TOKENIZERS {
+        if let Some(v) = pre.verified_by {
+            assert!(
+                REFERENCE_VOCABS
+                    .iter()
+                    .any(|(name, e)| *name == v && matches!(e, Expect::Pass)),
+                "{v}"
+            );
+        }
+        // Every regex compiles (a tokenizer is built for each name).
+        for name in pre.names {
+            let f = tiny(&[("tokenizer.ggml.pre", GgufValue::String((*name).into()))]);
+            assert!(tokenizer_from_gguf(&f).unwrap().is_some(), "{name}");
+        }
+    }
+}
+
+#[test]
 fn add_eos_token_appends_eos_once() {
     let f = tiny(&[("tokenizer.ggml.add_eos_token", GgufValue::Bool(true))]);
     let tok = tokenizer_from_gguf(&f).unwrap().unwrap();
@@ -251,8 +287,10 @@ fn hostile_gpt2_metadata_gives_errors_naming_the_key() {
         let e = err_text(&tiny(&extra));
         assert!(e.contains(key), "{key}: {e}");
     }
-    let f = gguf(&without(&gpt2_kvs(), "tokenizer.ggml.tokens"), &[]);
-    assert!(err_text(&f).contains("tokenizer.ggml.tokens"));
+    for key in ["tokenizer.ggml.tokens", "tokenizer.ggml.merges"] {
+        let f = gguf(&without(&gpt2_kvs(), key), &[]);
+        assert!(err_text(&f).contains(key), "{key}");
+    }
     let f = gguf(
         &without(&gpt2_kvs(), "tokenizer.ggml.eos_token_id"),
         &[("tokenizer.ggml.add_eos_token", GgufValue::Bool(true))],
