@@ -39,8 +39,13 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior};
 use crate::error::ModelError;
 use crate::tokenizer::Tokenizer;
 
-/// LLaMA-3's split regex (`tokenizer.ggml.pre` = `llama-bpe`), as in its `tokenizer.json`.
+/// LLaMA-3's split regex (`tokenizer.ggml.pre` = `llama-bpe`), as in its `tokenizer.json`
+/// (GGUF files are split with llama.cpp's spelling of it).
 pub const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// [`LLAMA3_PATTERN`] as llama.cpp spells it: the contractions with explicit case classes.
+/// Hugging Face's `(?i:...)` also matches `'ſ` and `'K` (Kelvin sign), llama.cpp's does not.
+const LLAMA3_LLAMA_CPP: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// GPT-2's split regex (`tokenizer.ggml.pre` = `gpt-2`).
 pub const GPT2_PATTERN: &str =
@@ -90,7 +95,7 @@ pub const GPT2_PRE_TOKENIZERS: &[PreTokenizer] = &[
             "midm-2.0",
             "lfm2",
         ],
-        patterns: &[LLAMA3_PATTERN],
+        patterns: &[LLAMA3_LLAMA_CPP],
         ignore_merges: true,
         add_bos: true,
         verified_by: Some("llama-bpe"),
@@ -98,7 +103,7 @@ pub const GPT2_PRE_TOKENIZERS: &[PreTokenizer] = &[
     PreTokenizer {
         // LLaMA-3's regex without ignore_merges or a default BOS.
         names: &["dbrx", "smaug-bpe"],
-        patterns: &[LLAMA3_PATTERN],
+        patterns: &[LLAMA3_LLAMA_CPP],
         ignore_merges: false,
         add_bos: false,
         verified_by: None,
