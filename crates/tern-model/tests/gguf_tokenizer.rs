@@ -997,3 +997,87 @@ fn spm_phi3_specials_and_generated_text() {
     assert_eq!(tok.decode(&a), "Hi");
     assert!(tok.stop_tokens(&[eot]).contains(&eot));
 }
+
+// ---------------------------------------------------------------------------------------
+// Pre-tokenizer regexes against llama.cpp's own regex engine
+
+/// tern's pieces for every `gpt2` pre-tokenizer name against the pieces llama.cpp's
+/// `unicode_regex_split` gives for the same texts (`fixtures/vocab/pretok-llama.cpp.json`,
+/// made by `scripts/llama_cpp_pretok.py` from llama.cpp's `unicode.cpp` and the regex lists in
+/// `llama-vocab.cpp`): ~900 texts mixing scripts, digits, punctuation, whitespace and case.
+#[test]
+fn pre_tokenizers_split_like_llama_cpp() {
+    use tern_model::gguf_tokenizer::GPT2_PRE_TOKENIZERS;
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+
+    let path = fixture_dir().join("pretok-llama.cpp.json");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let texts: Vec<&str> = doc["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    // A vocabulary without <|begin_of_text|>, so `default` means llama.cpp's default.
+    let kvs = vec![
+        ("tokenizer.ggml.model", GgufValue::String("gpt2".into())),
+        ("tokenizer.ggml.tokens", strings(&["a", "b", "ab"])),
+        ("tokenizer.ggml.merges", strings(&["a b"])),
+    ];
+    let mut failures = Vec::new();
+    for pre in GPT2_PRE_TOKENIZERS {
+        for &name in pre.names {
+            // "gpt2" is tern's alias of llama.cpp's "gpt-2".
+            let key = if name == "gpt2" { "gpt-2" } else { name };
+            let ty = doc["regexes_of"][key]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: not in {}", path.display()));
+            let want = doc["splits"][ty].as_array().unwrap();
+            assert_eq!(want.len(), texts.len());
+            let f = gguf(
+                &kvs,
+                &[("tokenizer.ggml.pre", GgufValue::String(name.into()))],
+            );
+            let tok = tokenizer_from_gguf(&f).unwrap().unwrap();
+            let pt = tok.inner().get_pre_tokenizer().unwrap();
+            let mut bad = 0;
+            for (text, want) in texts.iter().zip(want) {
+                let want: Vec<usize> = want
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as usize)
+                    .collect();
+                let mut s = PreTokenizedString::from(*text);
+                pt.pre_tokenize(&mut s).unwrap();
+                let got: Vec<usize> = s
+                    .get_splits(OffsetReferential::Original, OffsetType::Byte)
+                    .iter()
+                    .map(|(_, (a, b), _)| b - a)
+                    .collect();
+                if got != want {
+                    bad += 1;
+                    if bad <= 3 {
+                        eprintln!(
+                            "{name}: DIFFERS {text:?}\n  llama.cpp {want:?}\n  tern      {got:?}"
+                        );
+                    }
+                }
+            }
+            if bad > 0 {
+                failures.push(format!("{name} {bad}/{}", texts.len()));
+            }
+        }
+    }
+    eprintln!(
+        "pre-tokenizers vs llama.cpp on {} texts: {}",
+        texts.len(),
+        if failures.is_empty() {
+            "all identical".to_string()
+        } else {
+            failures.join(", ")
+        }
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+}
