@@ -952,6 +952,49 @@ fn spm_matches_llama_cpp_algorithm_on_generated_text() {
     );
 }
 
+/// tern against ids recorded from llama.cpp's own `llm_tokenizer_spm_session` (compiled by
+/// `scripts/llama_cpp_spm.py`) on generated texts: `fixtures/vocab/spm-llama.cpp.json`.
+#[test]
+fn spm_matches_llama_cpp_recorded_ids() {
+    let path = fixture_dir().join("spm-llama.cpp.json");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let vocabs = doc["vocabs"].as_object().unwrap();
+    assert!(vocabs.contains_key("llama-spm") && vocabs.contains_key("phi-3"));
+    for (name, v) in vocabs {
+        let f = GgufFile::open(fixture_dir().join(format!("ggml-vocab-{name}.gguf"))).unwrap();
+        let tok = tokenizer_from_gguf(&f).unwrap().unwrap();
+        let texts = v["texts"].as_array().unwrap();
+        let ids = v["ids"].as_array().unwrap();
+        assert_eq!(texts.len(), ids.len());
+        let mut bad = 0;
+        for (text, want) in texts.iter().zip(ids) {
+            let text = text.as_str().unwrap();
+            let want: Vec<u32> = want
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            let got = tok.encode(text, false).unwrap();
+            if got != want {
+                bad += 1;
+                if bad <= 5 {
+                    eprintln!(
+                        "{name}: DIFFERS {text:?}\n  llama.cpp {want:?}\n  tern      {got:?}"
+                    );
+                }
+            }
+        }
+        eprintln!(
+            "{name}: {} of {} texts give llama.cpp's recorded ids",
+            texts.len() - bad,
+            texts.len()
+        );
+        assert_eq!(bad, 0, "{name}");
+    }
+}
+
 /// Baichuan's 64k SentencePiece vocabulary (in `TERN_VOCAB_DIR`; it has no `.inp`/`.out`).
 #[test]
 fn spm_baichuan_matches_llama_cpp_algorithm() {
