@@ -1124,3 +1124,167 @@ fn pre_tokenizers_split_like_llama_cpp() {
     );
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Random metadata: errors or a working tokenizer, never a panic
+
+mod random_metadata {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn token() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            Just("<s>".to_string()),
+            Just("\u{2581}".to_string()),
+            Just("\u{2581}\u{2581}".to_string()),
+            (0u8..=255).prop_map(|b| format!("<0x{b:02X}>")),
+            "[a-c\u{2581} ]{1,4}",
+            "\\PC{1,3}",
+            ".{0,40}",
+        ]
+    }
+
+    /// Mostly well-formed values, sometimes not, so that both paths are exercised.
+    fn int_array(len: usize) -> impl Strategy<Value = GgufValue> {
+        prop_oneof![
+            6 => prop::collection::vec(prop_oneof![4 => Just(1i32), 1 => -2i32..8], len)
+                .prop_map(|v| GgufValue::Array(GgufArray::I32(v))),
+            1 => prop::collection::vec(-2i32..8, 0..len + 2)
+                .prop_map(|v| GgufValue::Array(GgufArray::I32(v))),
+            1 => Just(GgufValue::U8(1)),
+        ]
+    }
+
+    fn scores(len: usize) -> impl Strategy<Value = GgufValue> {
+        let f = prop_oneof![
+            8 => -100.0f32..0.0,
+            1 => Just(0.0f32),
+            1 => Just(-1e9f32),
+            1 => Just(f32::NAN),
+            1 => Just(f32::INFINITY),
+        ];
+        prop_oneof![
+            6 => prop::collection::vec(f, len).prop_map(|v| GgufValue::Array(GgufArray::F32(v))),
+            1 => prop::collection::vec(-5i32..5, 0..len + 2)
+                .prop_map(|v| GgufValue::Array(GgufArray::I32(v))),
+            1 => Just(strings(&["x"])),
+        ]
+    }
+
+    /// Metadata for a random vocabulary (base tokens plus the concatenations the merges
+    /// make), and a text to encode.
+    fn file() -> impl Strategy<Value = (Vec<(String, GgufValue)>, String)> {
+        (
+            prop::collection::vec(token(), 1..20),
+            prop::collection::vec((0usize..100, 0usize..100), 0..10),
+        )
+            .prop_flat_map(|(base, pairs)| {
+                let n0 = base.len();
+                let pairs: Vec<(usize, usize)> =
+                    pairs.into_iter().map(|(a, b)| (a % n0, b % n0)).collect();
+                let mut tokens = base.clone();
+                let mut merges = Vec::new();
+                for &(a, b) in &pairs {
+                    tokens.push(format!("{}{}", base[a], base[b]));
+                    merges.push(format!("{} {}", base[a], base[b]));
+                }
+                let n = tokens.len();
+                let model = prop_oneof![5 => Just("llama"), 5 => Just("gpt2"), 1 => Just("t5")];
+                let pre = prop_oneof![
+                    2 => Just(None),
+                    1 => Just(Some("default")),
+                    2 => Just(Some("llama-bpe")),
+                    1 => Just(Some("qwen2")),
+                    1 => Just(Some("deepseek-llm")),
+                    1 => Just(Some("falcon")),
+                    1 => Just(Some("nonsense")),
+                ];
+                let id = || {
+                    prop_oneof![
+                        3 => Just(None),
+                        3 => (0..n as u32).prop_map(Some),
+                        1 => (0..n as u32 + 3).prop_map(Some),
+                    ]
+                };
+                let flag = || prop_oneof![Just(None), any::<bool>().prop_map(Some)];
+                let opt_types = prop_oneof![1 => Just(None), 4 => int_array(n).prop_map(Some)];
+                let opt_scores = prop_oneof![1 => Just(None), 4 => scores(n).prop_map(Some)];
+                (
+                    Just((tokens, merges)),
+                    model,
+                    pre,
+                    opt_types,
+                    opt_scores,
+                    (id(), id(), id()),
+                    (flag(), flag(), flag()),
+                    prop_oneof![
+                        "[a-c\u{2581} ]{0,30}",
+                        ".{0,60}",
+                        "(<s>|</s>|<0x41>|ab| |\\n|\u{e9}|\u{1F600})*"
+                    ],
+                )
+            })
+            .prop_map(
+                |((tokens, merges), model, pre, types, scores, ids, flags, text)| {
+                    let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+                    let merges: Vec<&str> = merges.iter().map(String::as_str).collect();
+                    let mut kvs = vec![
+                        (
+                            "tokenizer.ggml.model".to_string(),
+                            GgufValue::String(model.into()),
+                        ),
+                        ("tokenizer.ggml.tokens".to_string(), strings(&refs)),
+                        ("tokenizer.ggml.merges".to_string(), strings(&merges)),
+                    ];
+                    let mut opt = |k: &str, v: Option<GgufValue>| {
+                        if let Some(v) = v {
+                            kvs.push((k.to_string(), v));
+                        }
+                    };
+                    opt(
+                        "tokenizer.ggml.pre",
+                        pre.map(|p| GgufValue::String(p.into())),
+                    );
+                    opt("tokenizer.ggml.token_type", types);
+                    opt("tokenizer.ggml.scores", scores);
+                    opt("tokenizer.ggml.bos_token_id", ids.0.map(GgufValue::U32));
+                    opt("tokenizer.ggml.eos_token_id", ids.1.map(GgufValue::U32));
+                    opt("tokenizer.ggml.unknown_token_id", ids.2.map(GgufValue::U32));
+                    opt("tokenizer.ggml.add_bos_token", flags.0.map(GgufValue::Bool));
+                    opt("tokenizer.ggml.add_eos_token", flags.1.map(GgufValue::Bool));
+                    opt(
+                        "tokenizer.ggml.add_space_prefix",
+                        flags.2.map(GgufValue::Bool),
+                    );
+                    (kvs, text)
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, failure_persistence: None, ..ProptestConfig::default() })]
+        #[test]
+        fn random_tokenizer_metadata_never_panics((kvs, text) in file()) {
+            let mut w = GgufWriter::new();
+            for (k, v) in &kvs {
+                w.add_kv(k.as_str(), v.clone()).unwrap();
+            }
+            let f = GgufFile::from_bytes("random.gguf", w.to_bytes()).unwrap();
+            match tokenizer_from_gguf(&f) {
+                Ok(Some(tok)) => {
+                    let ids = tok.encode(&text, true).unwrap();
+                    let _ = tok.decode(&ids);
+                    let _ = tok.decode_raw(&ids);
+                    let mut d = tok.stream_decoder();
+                    for &id in &ids {
+                        let _ = d.step(id);
+                    }
+                    let _ = d.flush();
+                }
+                Ok(None) => {}
+                Err(e) => prop_assert!(e.to_string().contains("tokenizer.ggml."), "{e}"),
+            }
+        }
+    }
+}
