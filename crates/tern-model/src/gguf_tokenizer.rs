@@ -211,6 +211,11 @@ const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 /// file can cause (deriving merges costs the square of a token's length).
 const MAX_SPM_MERGE_TOKEN_BYTES: usize = 1024;
 
+/// Bound on the sum of squared token lengths (bytes, over tokens up to
+/// [`MAX_SPM_MERGE_TOKEN_BYTES`]) for which merges are derived: about a second of work.
+/// LLaMA's 32k vocabulary needs ~10^6 and a 256k one ~10^7; a file above this is refused.
+const MAX_SPM_MERGE_WORK: u64 = 1 << 31;
+
 const SPM_SPACE: char = '\u{2581}';
 
 /// Builds the tokenizer described by `file`'s metadata.
@@ -515,6 +520,19 @@ fn build_spm(
             .ok_or_else(|| err("tokenizer.ggml.add_space_prefix is not a bool".into()))?,
     };
 
+    let work: u64 = meta
+        .tokens
+        .iter()
+        .map(|t| t.len())
+        .filter(|&l| l <= MAX_SPM_MERGE_TOKEN_BYTES)
+        .map(|l| (l * l) as u64)
+        .sum();
+    if work > MAX_SPM_MERGE_WORK {
+        return Err(err(format!(
+            "tokenizer.ggml.tokens: too many long tokens to derive SentencePiece merges from \
+             (sum of squared lengths {work} > {MAX_SPM_MERGE_WORK})"
+        )));
+    }
     let vocab = meta.vocab();
     let merges = spm_merges(&meta.tokens, &scores, &vocab);
     // Characters without a token become byte tokens; without those, the unknown token.

@@ -522,6 +522,23 @@ fn hostile_spm_metadata_gives_errors_naming_the_key() {
         };
         assert!(e.contains(key), "{key}: {e}");
     }
+    // Deriving merges costs the square of token lengths; a file that would take long is refused.
+    let long: Vec<String> = (0..2100)
+        .map(|i| format!("{i:04}{}", "a".repeat(1020)))
+        .collect();
+    let long: Vec<&str> = long.iter().map(String::as_str).collect();
+    let f = gguf(
+        &[
+            ("tokenizer.ggml.model", GgufValue::String("llama".into())),
+            ("tokenizer.ggml.tokens", strings(&long)),
+        ],
+        &[],
+    );
+    let e = err_text(&f);
+    assert!(
+        e.contains("tokenizer.ggml.tokens") && e.contains("too many long tokens"),
+        "{e}"
+    );
     // Odd but legal: empty, duplicate, NaN-scored and huge tokens load without panicking.
     let mut tokens = vec!["", "a", "a", "aa", "▁"];
     let huge = "a".repeat(5000);
