@@ -457,6 +457,13 @@ fn build_bpe(
                 .ok_or_else(|| err(format!("tokenizer.ggml.merges: bad merge {m:?}")))
         })
         .collect::<Result<_, _>>()?;
+    // A pair listed twice keeps its first rank, as in llama.cpp's `bpe_ranks` (the `tokenizers`
+    // builder would keep the last).
+    let mut seen = std::collections::HashSet::with_capacity(merges.len());
+    let merges: Vec<(String, String)> = merges
+        .into_iter()
+        .filter(|pair| seen.insert(pair.clone()))
+        .collect();
     let bpe = BPE::builder()
         .vocab_and_merges(meta.vocab(), merges)
         .ignore_merges(pre.ignore_merges)

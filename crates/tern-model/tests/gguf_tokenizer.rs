@@ -192,6 +192,23 @@ fn every_checked_pre_tokenizer_has_a_passing_reference_vocab() {
 }
 
 #[test]
+fn a_merge_listed_twice_keeps_its_first_rank() {
+    // "a b" first (rank 0) makes "ab" before "b c" can make "bc"; repeated at rank 2 it must
+    // not lose to "b c" (rank 1).
+    let kvs = vec![
+        ("tokenizer.ggml.model", GgufValue::String("gpt2".into())),
+        ("tokenizer.ggml.pre", GgufValue::String("gpt-2".into())),
+        (
+            "tokenizer.ggml.tokens",
+            strings(&["a", "b", "c", "ab", "bc"]),
+        ),
+        ("tokenizer.ggml.merges", strings(&["a b", "b c", "a b"])),
+    ];
+    let tok = tokenizer_from_gguf(&gguf(&kvs, &[])).unwrap().unwrap();
+    assert_eq!(tok.encode("abc", false).unwrap(), [3, 2]);
+}
+
+#[test]
 fn add_eos_token_appends_eos_once() {
     let f = tiny(&[("tokenizer.ggml.add_eos_token", GgufValue::Bool(true))]);
     let tok = tokenizer_from_gguf(&f).unwrap().unwrap();
