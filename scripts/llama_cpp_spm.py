@@ -10,9 +10,11 @@ lookups the session uses, with llama.cpp's `byte_to_token` rule), runs it on a f
 generated texts, and writes the ids. `crates/tern-model/tests/gguf_tokenizer.rs`
 (`spm_matches_llama_cpp_recorded_ids`) checks tern against that file.
 
-What the driver adds around the session is `llama_vocab::impl::tokenize`'s SPM branch for
-text without special tokens: prepend one space (`add_space_prefix`, on in these files), then
-replace every space by U+2581.
+What the driver adds around the session is transcribed from `llama_vocab::impl`, as llama.cpp's
+vocab test runs it (`parse_special = false`): `tokenizer_st_partition` splits user-defined
+tokens out of the text, and `tokenize`'s SPM branch prepends one space to each text fragment
+at the start or after a token (`add_space_prefix`, on in these files) and replaces every space
+by U+2581.
 
     python3 scripts/llama_cpp_spm.py /path/to/llama.cpp OUT.json NAME=VOCAB.gguf:N ...
 
@@ -35,6 +37,8 @@ from gguf import GGUFReader
 DRIVER_HEAD = r"""
 #include "unicode.h"
 #include <cstdint>
+#include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -79,6 +83,45 @@ struct llama_vocab {
 DRIVER_MAIN = r"""
 // ---- end of the verbatim part ----
 
+// llama_vocab::impl::tokenizer_st_partition with parse_special = false: user-defined tokens
+// (type 4), longest first, are split out of the raw text before tokenization; a token with
+// the RSTRIP attribute also takes the whitespace after it. (llama.cpp sets LSTRIP/RSTRIP
+// only for a few models by name; `rstrip` holds Phi-3's rule when it applies.)
+struct Frag { bool is_token; llama_token id; std::string text; };
+static std::vector<Frag> partition(const std::string & raw, const std::vector<std::string> & tokens,
+                                   const std::vector<int> & types, const std::vector<bool> & rstrip) {
+    std::vector<llama_token> special;
+    for (size_t i = 0; i < tokens.size(); ++i) if (types[i] == 4) special.push_back((llama_token) i);
+    std::stable_sort(special.begin(), special.end(), [&](llama_token a, llama_token b) {
+        return tokens[a].size() > tokens[b].size();
+    });
+    std::vector<Frag> frags;
+    if (!raw.empty()) frags.push_back({ false, LLAMA_TOKEN_NULL, raw });
+    for (llama_token id : special) {
+        const std::string & t = tokens[id];
+        std::vector<Frag> next;
+        for (const auto & f : frags) {
+            if (f.is_token) { next.push_back(f); continue; }
+            size_t pos = 0;
+            while (true) {
+                size_t m = f.text.find(t, pos);
+                if (m == std::string::npos) {
+                    if (pos < f.text.size()) next.push_back({ false, LLAMA_TOKEN_NULL, f.text.substr(pos) });
+                    break;
+                }
+                if (m > pos) next.push_back({ false, LLAMA_TOKEN_NULL, f.text.substr(pos, m - pos) });
+                next.push_back({ true, id, "" });
+                pos = m + t.size();
+                if (rstrip[id]) {
+                    while (pos < f.text.size() && isspace((unsigned char) f.text[pos])) pos++;
+                }
+            }
+        }
+        frags = next;
+    }
+    return frags;
+}
+
 static std::vector<std::string> split_nul(const std::string & all) {
     std::vector<std::string> out;
     size_t start = 0;
@@ -93,11 +136,28 @@ static std::string slurp(const char * path) {
     return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
-// argv[1]: NUL-separated tokens; argv[2]: one score per line; argv[3]: NUL-separated texts.
-// Prints one line of ids per text.
+// argv[1]: NUL-separated tokens; argv[2]: one score per line; argv[3]: NUL-separated texts;
+// argv[4]: one token type per line; argv[5]: 1 for Phi-3's RSTRIP rule. Prints one line of
+// ids per text.
 int main(int argc, char ** argv) {
     llama_vocab vocab;
     const auto tokens = split_nul(slurp(argv[1]));
+    std::vector<int> types;
+    {
+        std::ifstream in(argv[4]);
+        int t;
+        while (in >> t) types.push_back(t);
+    }
+    // llama_vocab::impl::load for model names containing "phi-3"/"phi3": every special
+    // (control, user-defined, unknown) token and "</s>" get RSTRIP, except these three.
+    std::vector<bool> rstrip(tokens.size(), false);
+    if (std::string(argv[5]) == "1") {
+        for (size_t i = 0; i < tokens.size(); ++i) {
+            const auto & t = tokens[i];
+            rstrip[i] = (types[i] == 2 || types[i] == 3 || types[i] == 4 || t == "</s>") &&
+                        t != "<unk>" && t != "<s>" && t != "<|endoftext|>";
+        }
+    }
     std::ifstream scores(argv[2]);
     for (size_t i = 0; i < tokens.size(); ++i) {
         float s;
@@ -106,15 +166,24 @@ int main(int argc, char ** argv) {
         vocab.token_to_id[tokens[i]] = (llama_token) i;  // a repeated string keeps its last id
     }
     for (const auto & raw : split_nul(slurp(argv[3]))) {
+        // llama_vocab::impl::tokenize, SPM branch: each raw fragment after a token (or at the
+        // start) gets the space prefix, then spaces become U+2581.
         std::vector<llama_token> out;
-        if (!raw.empty()) {
-            std::string text = " " + raw;  // add_space_prefix
-            std::string escaped;          // llama_escape_whitespace
+        bool is_prev_special = true;
+        for (const auto & f : partition(raw, tokens, types, rstrip)) {
+            if (f.is_token) {
+                out.push_back(f.id);
+                is_prev_special = true;
+                continue;
+            }
+            std::string text = is_prev_special ? " " + f.text : f.text;  // add_space_prefix
+            std::string escaped;                                          // llama_escape_whitespace
             for (char c : text) {
                 if (c == ' ') escaped += "\xe2\x96\x81"; else escaped += c;
             }
             llm_tokenizer_spm_session session(vocab);
             session.tokenize(escaped, out);
+            is_prev_special = false;
         }
         for (size_t i = 0; i < out.size(); ++i) std::printf(i ? " %d" : "%d", out[i]);
         std::printf("\n");
@@ -140,6 +209,9 @@ def texts(tokens, types, n, seed):
         "-----", "0", "123", "3.14", "é", "e\u0301", "日本語", "한국어", "🦙", "🚀", "\U0010FFFD",
         "\x7f", "ـ", "ﷺ", "'s", "''", "...", "___", "\r\n", "Hello", "world", " the", "ing",
     ]
+    # The vocabulary's user-defined tokens (Phi-3's "</s>") are split out by both sides.
+    # Control tokens are not: llama.cpp's test tokenizes them as text, tern never does.
+    extras += [t for t, ty in zip(tokens, types) if ty == 4]
     out = [" " * k + "x" for k in range(1, 40)] + ["x" + " " * k for k in range(1, 20)]
     for _ in range(n):
         parts = []
@@ -191,7 +263,7 @@ def main():
             types = [int(f["tokenizer.ggml.token_type"].parts[i][0])
                      for i in f["tokenizer.ggml.token_type"].data]
             all_texts = texts(tokens, types, int(n), seed)
-            paths = [os.path.join(tmp, x) for x in ("tokens.bin", "scores.txt", "texts.bin")]
+            paths = [os.path.join(tmp, x) for x in ("tokens.bin", "scores.txt", "texts.bin", "types.txt")]
             with open(paths[0], "wb") as g:
                 for t in tokens:
                     g.write(t.encode("utf-8") + b"\0")
@@ -200,7 +272,12 @@ def main():
             with open(paths[2], "wb") as g:
                 for t in all_texts:
                     g.write(t.encode("utf-8") + b"\0")
-            lines = subprocess.run([exe, *paths], check=True, capture_output=True).stdout
+            with open(paths[3], "w") as g:
+                g.write("\n".join(str(t) for t in types) + "\n")
+            general = f["general.name"].contents().lower() if "general.name" in f else ""
+            phi3 = "phi-3" in general or "phi3" in general
+            lines = subprocess.run([exe, *paths, "1" if phi3 else "0"], check=True,
+                                   capture_output=True).stdout
             ids = [[int(x) for x in line.split()] for line in lines.decode().split("\n")[:-1]]
             assert len(ids) == len(all_texts), name
             doc["vocabs"][name] = {"texts": all_texts, "ids": ids}

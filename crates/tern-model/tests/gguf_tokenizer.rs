@@ -666,11 +666,26 @@ fn cases(gguf: &Path) -> Vec<(String, Vec<u32>)> {
 }
 
 /// Number of matching cases and the number of cases.
-fn check_reference(path: &Path, name: &str) -> (usize, usize) {
+/// The tokenizer of a reference vocabulary file, built once per test run (the large ones take
+/// a fraction of a second each and several tests use them).
+fn vocab_tokenizer(path: &Path) -> Tokenizer {
+    static CACHE: std::sync::Mutex<Vec<(PathBuf, Tokenizer)>> = std::sync::Mutex::new(Vec::new());
+    if let Some((_, t)) = CACHE.lock().unwrap().iter().find(|(p, _)| p == path) {
+        return t.clone();
+    }
     let f = GgufFile::open(path).unwrap();
     let tok = tokenizer_from_gguf(&f)
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .expect("a tokenizer");
+    CACHE
+        .lock()
+        .unwrap()
+        .push((path.to_path_buf(), tok.clone()));
+    tok
+}
+
+fn check_reference(path: &Path, name: &str) -> (usize, usize) {
+    let tok = vocab_tokenizer(path);
     let cases = cases(path);
     let mut ok = 0;
     for (text, want) in &cases {
@@ -1027,6 +1042,67 @@ fn spm_matches_llama_cpp_recorded_ids() {
         );
         assert_eq!(bad, 0, "{name}");
     }
+}
+
+/// tern against ids recorded from llama.cpp's own `llm_tokenizer_bpe_session` (compiled by
+/// `scripts/llama_cpp_bpe.py`) on texts shared by all vocabularies:
+/// `fixtures/vocab/bpe-llama.cpp.json`. The vocabularies come from `TERN_VOCAB_DIR`.
+#[test]
+fn bpe_matches_llama_cpp_recorded_ids() {
+    let path = fixture_dir().join("bpe-llama.cpp.json");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let texts: Vec<&str> = doc["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let mut missing = Vec::new();
+    let mut summary = Vec::new();
+    for (name, v) in doc["vocabs"].as_object().unwrap() {
+        let Some(file) = vocab_dir()
+            .map(|d| d.join(format!("ggml-vocab-{name}.gguf")))
+            .filter(|p| p.exists())
+        else {
+            missing.push(name.clone());
+            continue;
+        };
+        let tok = vocab_tokenizer(&file);
+        let ids = v["ids"].as_array().unwrap();
+        assert_eq!(ids.len(), texts.len());
+        let mut bad = 0;
+        for (text, want) in texts.iter().zip(ids) {
+            let want: Vec<u32> = want
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            let got = tok.encode(text, false).unwrap();
+            if got != want {
+                bad += 1;
+                if bad <= 3 {
+                    eprintln!(
+                        "{name}: DIFFERS {text:?}\n  llama.cpp {want:?}\n  tern      {got:?}"
+                    );
+                }
+            }
+            // No decode check: some vocabularies lack byte-level pieces (deepseek-coder has
+            // no token for byte 0xBF), whose bytes both tokenizers drop.
+        }
+        summary.push(format!("{name} {}/{}", texts.len() - bad, texts.len()));
+    }
+    eprintln!("BPE vs llama.cpp's recorded ids: {}", summary.join(", "));
+    if !missing.is_empty() {
+        let msg = format!("not in TERN_VOCAB_DIR: {}", missing.join(", "));
+        assert!(!in_ci(), "CI=true: {msg}");
+        eprintln!("SKIPPED: {msg}");
+    }
+    assert!(!summary.iter().any(|s| {
+        let (ok, n) = s.rsplit_once(' ').unwrap().1.split_once('/').unwrap();
+        ok != n
+    }));
 }
 
 /// Baichuan's 64k SentencePiece vocabulary (in `TERN_VOCAB_DIR`; it has no `.inp`/`.out`).
