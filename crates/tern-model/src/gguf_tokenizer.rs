@@ -492,7 +492,19 @@ fn build_bpe(
     inner.with_pre_tokenizer(Some(Sequence::new(steps)));
     inner.with_decoder(Some(ByteLevelDecoder::default()));
     meta.add_tokens(&mut inner, &|_| false);
-    Ok(Tokenizer::from_tokenizer(inner))
+    let mut tok = Tokenizer::from_tokenizer(inner);
+    // Added tokens are stored as plain text, not in byte-level form: llama.cpp prints them
+    // as they are, where the byte-level decoder would map e.g. `ÿ` to the byte 0xFF.
+    if let Some(types) = &meta.types {
+        tok.set_verbatim_tokens(types.iter().enumerate().filter_map(|(id, &t)| {
+            matches!(
+                t,
+                TOKEN_TYPE_UNKNOWN | TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED
+            )
+            .then_some(id as u32)
+        }));
+    }
+    Ok(tok)
 }
 
 /// SentencePiece (`tokenizer.ggml.model = "llama"`) as llama.cpp runs it: see the module
