@@ -1,15 +1,17 @@
-//! Tokenizers built from GGUF metadata (`tern_model::gguf_tokenizer`).
+//! Tokenizers built from GGUF metadata (`tern_model::gguf_tokenizer`); `docs/formats.md`
+//! ("Tokenizers") describes what each test shows.
 //!
-//! The always-on tests build tiny vocabularies with `GgufWriter` (byte-level BPE and
-//! SentencePiece), feed hostile metadata, and check llama.cpp's own SentencePiece vocabularies
+//! Always on: tiny vocabularies built with `GgufWriter` (byte-level BPE and SentencePiece),
+//! hostile and random metadata, llama.cpp's SentencePiece vocabularies
 //! `ggml-vocab-llama-spm.gguf` and `ggml-vocab-phi-3.gguf` (committed under
-//! `tests/fixtures/vocab/`, 1.5 MB with llama.cpp's MIT licence) against the token ids
-//! llama.cpp's test suite expects (`.inp` texts, `.out` ids), plus a differential test
-//! against a transcription of llama.cpp's SPM algorithm on generated text.
+//! `tests/fixtures/vocab/` with llama.cpp's MIT licence) against the ids llama.cpp's vocab test
+//! expects (`.inp` texts, `.out` ids) and against ids recorded from llama.cpp's own code on
+//! generated texts (`scripts/llama_cpp_spm.py`), and every `gpt2` pre-tokenizer against the
+//! pieces llama.cpp's regex engine gives (`scripts/llama_cpp_pretok.py`).
 //!
-//! The other reference vocabularies are too large to commit (2-11 MB each). They are read from
+//! The other reference vocabularies are too large to commit (2-16 MB each). They are read from
 //! `TERN_VOCAB_DIR` (llama.cpp's `models/` directory, which `.ci/run` fetches); without it
-//! the test prints SKIPPED, except under `CI=true`, where it fails. By hand:
+//! those tests print SKIPPED, except under `CI=true`, where they fail. By hand:
 //!
 //! ```text
 //! pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d /tmp/lcp
@@ -33,8 +35,7 @@ fn strings(v: &[&str]) -> GgufValue {
 fn gguf(kvs: &[(&str, GgufValue)], extra: &[(&str, GgufValue)]) -> GgufFile {
     let mut w = GgufWriter::new();
     for (k, v) in kvs {
-        // `extra` overrides a default of the same key; `GgufValue::Bool` under the key
-        // "-remove-KEY" is not needed: tests that drop a key build their own list.
+        // `extra` overrides a default of the same key ([`without`] drops one).
         if !extra.iter().any(|(e, _)| e == k) {
             w.add_kv(*k, v.clone()).unwrap();
         }
