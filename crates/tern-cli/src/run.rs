@@ -192,7 +192,12 @@ pub fn run(a: &RunArgs) -> Result<()> {
         (_, Some(ids)) => parse_ids(ids)?,
         (Some(text), None) => match &s.loaded.tokenizer {
             Some(t) => t.encode(text, true)?,
-            None => bail!("the model has no tokenizer (a directory without tokenizer.json, or a GGUF file: GGUF tokenizers are not supported yet): use --prompt-ids"),
+            None => bail!(
+                "the model has no tokenizer ({}): use --prompt-ids",
+                s.loaded.tokenizer_error.as_deref().unwrap_or(
+                    "a directory without tokenizer.json, or a GGUF file without tokenizer.ggml.*"
+                )
+            ),
         },
         (None, None) => bail!("give a prompt with -p TEXT or --prompt-ids \"ID ID ...\""),
     };

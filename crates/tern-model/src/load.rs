@@ -18,6 +18,10 @@ pub struct Loaded {
     pub chat_template: Option<ChatTemplate>,
     /// Tokens that end generation: the config's EOS ids plus end-of-turn tokens in the vocab.
     pub stop_tokens: Vec<u32>,
+    /// Why a GGUF file's embedded tokenizer could not be built (an unsupported
+    /// `tokenizer.ggml.model` or `pre`, or broken metadata); the model still loads and takes
+    /// token ids.
+    pub tokenizer_error: Option<String>,
 }
 
 impl Loaded {
@@ -31,9 +35,10 @@ impl Loaded {
 
 /// Opens a model: a Hugging Face directory (`config.json`, `*.safetensors`, optionally
 /// `tokenizer.json` and `tokenizer_config.json`) or a GGUF file (`.gguf` or the GGUF magic).
-/// GGUF files get a tokenizer built from `tokenizer.ggml.*` when it is byte-level BPE
-/// (`gpt2`, see [`crate::gguf_tokenizer`]); others (SentencePiece) get none and need token-id
-/// prompts. Stop tokens are the EOS and EOT ids of the metadata plus end-of-turn tokens.
+/// GGUF files get a tokenizer built from `tokenizer.ggml.*` (SentencePiece `llama` or
+/// byte-level BPE `gpt2`, see [`crate::gguf_tokenizer`]); when that fails the model loads
+/// without one, the reason in [`Loaded::tokenizer_error`], and needs token-id prompts. Stop
+/// tokens are the EOS and EOT ids of the metadata plus end-of-turn tokens.
 pub fn open(path: &Path, opts: &LoadOptions) -> Result<Loaded, ModelError> {
     if !path.exists() {
         return Err(ModelError::Io {
@@ -45,7 +50,10 @@ pub fn open(path: &Path, opts: &LoadOptions) -> Result<Loaded, ModelError> {
         // One open (and one header parse) serves both the weights and the tokenizer.
         let file = gguf::open(path)?;
         let model = gguf::load_model_from(&file, path, opts)?;
-        let tokenizer = tokenizer_from_gguf(&file)?;
+        let (tokenizer, tokenizer_error) = match tokenizer_from_gguf(&file) {
+            Ok(t) => (t, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
         let stop_tokens = match &tokenizer {
             Some(t) => t.stop_tokens(&model.config.eos_token_ids),
             None => model.config.eos_token_ids.clone(),
@@ -55,6 +63,7 @@ pub fn open(path: &Path, opts: &LoadOptions) -> Result<Loaded, ModelError> {
             tokenizer,
             chat_template: None,
             stop_tokens,
+            tokenizer_error,
         });
     }
     if !path.is_dir() {
@@ -89,5 +98,6 @@ pub fn open(path: &Path, opts: &LoadOptions) -> Result<Loaded, ModelError> {
         tokenizer,
         chat_template,
         stop_tokens,
+        tokenizer_error: None,
     })
 }

@@ -28,6 +28,11 @@ const BOS_TOKEN_NAMES: [&str; 4] = ["<|begin_of_text|>", "<s>", "<bos>", "<|star
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     bos: Option<u32>,
+    /// The id `encode` appends with `add_bos` (GGUF `tokenizer.ggml.add_eos_token`).
+    eos_appended: Option<u32>,
+    /// Ids (indexed by id) whose text decoding copies as it is, see
+    /// [`set_verbatim_tokens`](Self::set_verbatim_tokens).
+    verbatim: Option<std::sync::Arc<Vec<bool>>>,
     /// One past the largest id (model vocabulary and added tokens), i.e. the logits length
     /// the tokenizer can address. Not `get_vocab_size(true)`, which double-counts tokens that
     /// are both in the model vocabulary and added.
@@ -74,6 +79,8 @@ impl Tokenizer {
         Self {
             inner,
             bos,
+            eos_appended: None,
+            verbatim: None,
             vocab_size,
         }
     }
@@ -93,7 +100,33 @@ impl Tokenizer {
         self.bos = bos;
     }
 
-    /// Encodes `text`; with `add_bos` the result starts with exactly one BOS.
+    /// Makes [`encode`](Self::encode) with `add_bos` also end the ids with `eos` (once), as
+    /// llama.cpp does for vocabularies with `tokenizer.ggml.add_eos_token`.
+    pub fn set_eos_appended(&mut self, eos: Option<u32>) {
+        self.eos_appended = eos;
+    }
+
+    /// Makes decoding copy the text of these tokens as it is instead of passing it through the
+    /// decoder, as llama.cpp prints control and user-defined tokens. A byte-level decoder
+    /// would otherwise read a token stored as `ÿ` (DeepSeek's vocabularies have such added
+    /// tokens) as the byte 0xFF.
+    pub fn set_verbatim_tokens(&mut self, ids: impl IntoIterator<Item = u32>) {
+        let mut v = vec![false; self.vocab_size];
+        for id in ids {
+            if let Some(x) = v.get_mut(id as usize) {
+                *x = true;
+            }
+        }
+        self.verbatim = Some(std::sync::Arc::new(v));
+    }
+
+    /// The id [`encode`](Self::encode) appends with `add_bos`, if any.
+    pub fn eos_appended(&self) -> Option<u32> {
+        self.eos_appended
+    }
+
+    /// Encodes `text`; with `add_bos` the result starts with exactly one BOS (and ends with
+    /// one EOS for tokenizers set up with [`set_eos_appended`](Self::set_eos_appended)).
     ///
     /// The rule: the text is always encoded without the post-processor's special tokens
     /// (special-token strings written in the text are still recognised), then a run of BOS
@@ -118,6 +151,11 @@ impl Tokenizer {
                 }
             }
         }
+        if let (true, Some(eos)) = (add_bos, self.eos_appended) {
+            if ids.last() != Some(&eos) {
+                ids.push(eos);
+            }
+        }
         Ok(ids)
     }
 
@@ -133,6 +171,32 @@ impl Tokenizer {
     }
 
     fn decode_with(&self, ids: &[u32], skip_special: bool) -> String {
+        let Some(verbatim) = &self.verbatim else {
+            return self.decode_run(ids, skip_special);
+        };
+        let mut out = String::new();
+        let mut start = 0;
+        for (i, &id) in ids.iter().enumerate() {
+            if !verbatim.get(id as usize).copied().unwrap_or(false) {
+                continue;
+            }
+            out += &self.decode_run(&ids[start..i], skip_special);
+            start = i + 1;
+            if let Some(text) = self.inner.id_to_token(id) {
+                let special = self.inner.get_added_vocabulary().is_special_token(&text);
+                if !(skip_special && special) {
+                    out += &text;
+                }
+            }
+        }
+        out += &self.decode_run(&ids[start..], skip_special);
+        out
+    }
+
+    fn decode_run(&self, ids: &[u32], skip_special: bool) -> String {
+        if ids.is_empty() {
+            return String::new();
+        }
         // The crate's decoders do not fail in practice; should one, the raw token pieces are
         // better than losing the text.
         self.inner.decode(ids, skip_special).unwrap_or_else(|_| {

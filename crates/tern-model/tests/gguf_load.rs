@@ -302,7 +302,7 @@ fn packed_fixture_as_i2s_gives_identical_logits() {
         logits(&g, &FIXTURE_PROMPT),
         logits(&hf_model, &FIXTURE_PROMPT)
     );
-    // `load::open` dispatches on the file and has no tokenizer for GGUF.
+    // `load::open` dispatches on the file; this GGUF has no tokenizer keys.
     let loaded = tern_model::load::open(&f.0, &LoadOptions::default()).unwrap();
     assert!(loaded.tokenizer.is_none());
     assert_eq!(loaded.stop_tokens, vec![2]);
@@ -554,4 +554,51 @@ fn open_recognises_gguf_by_magic_without_the_extension() {
         Err(e) => e.to_string(),
     };
     assert!(e.contains(".gguf") && e.contains("config.json"), "{e}");
+}
+
+/// The packed fixture as I2_S with the `tokenizer.ggml.*` keys of `extra` (keys the export
+/// already wrote are kept).
+fn packed_with_tokenizer(extra: &[(String, GgufValue)], tag: &str) -> TempFile {
+    let hf_model = hf::load_model(&fixture("bitnet_packed"), &LoadOptions::default()).unwrap();
+    let mut w = export(
+        &hf_model,
+        "bitnet-b1.58",
+        Proj::Ternary(GgmlType::I2_S),
+        &[],
+    );
+    for (k, v) in extra {
+        if k.starts_with("tokenizer.") && !k.ends_with("_token_id") {
+            w.add_kv(k.clone(), v.clone()).unwrap();
+        }
+    }
+    write(&w, tag)
+}
+
+#[test]
+fn open_builds_the_embedded_sentencepiece_tokenizer() {
+    // llama.cpp's LLaMA SentencePiece vocabulary, as a 1bitLLM GGUF carries it.
+    let vocab = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/vocab/ggml-vocab-llama-spm.gguf");
+    let spm = tern_gguf::GgufFile::open(&vocab).unwrap();
+    let f = packed_with_tokenizer(spm.metadata(), "spm");
+    let loaded = tern_model::load::open(&f.0, &LoadOptions::default()).unwrap();
+    assert!(loaded.tokenizer_error.is_none());
+    let tok = loaded.tokenizer.expect("a SentencePiece tokenizer");
+    assert_eq!(tok.encode("Hello world", true).unwrap(), [1, 15043, 3186]);
+    assert_eq!(tok.decode(&[1, 15043, 3186, 2]), "Hello world");
+    assert!(loaded.stop_tokens.contains(&2));
+
+    // An unsupported tokenizer: the model still loads, and says why there is no tokenizer.
+    let t5 = [(
+        "tokenizer.ggml.model".to_string(),
+        GgufValue::String("t5".into()),
+    )];
+    let f = packed_with_tokenizer(&t5, "t5");
+    let loaded = tern_model::load::open(&f.0, &LoadOptions::default()).unwrap();
+    assert!(loaded.tokenizer.is_none());
+    let why = loaded.tokenizer_error.unwrap();
+    assert!(
+        why.contains("tokenizer.ggml.model") && why.contains("t5"),
+        "{why}"
+    );
 }
