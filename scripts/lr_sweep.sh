@@ -6,7 +6,8 @@ set -euo pipefail
 out=${1:-runs/sweep}
 tern=${TERN:-target/release/tern}
 mkdir -p "$out"
-for spec in b158:1.5e-3 b158:3e-3 b158:6e-3 fp:5e-4 fp:1e-3 fp:2e-3; do
+specs=${SPECS:-b158:1.5e-3 b158:3e-3 b158:6e-3 b158:1.2e-2 fp:5e-4 fp:1e-3 fp:2e-3 fp:4e-3}
+for spec in $specs; do
   kind=${spec%%:*}; lr=${spec#*:}
   cfg="$out/$kind-$lr.toml"
   sed -e "s/^lr = .*/lr = $lr/" -e "s/^warmup_steps = .*/warmup_steps = 12/" \
