@@ -387,6 +387,15 @@ fn train_eval_export_convert_run_and_plot() {
     let gguf = dir.join("m.gguf");
     let (ok, _, err) = tern(&["convert", &s(&hf), &s(&gguf), "--type", "tq2_0"]);
     assert!(ok, "{err}");
+    // The GGUF carries the exported chat template, and the loader uses it.
+    let loaded = tern_model::load::open(&gguf, &Default::default()).unwrap();
+    let tpl = loaded
+        .chat_template
+        .expect("chat template from tokenizer.chat_template");
+    let text = tpl
+        .render(&[tern_model::chat::Message::new("user", "Hello")], true)
+        .unwrap();
+    assert_eq!(text, "<|begin_of_text|>User: Hello<|eot_id|>Assistant: ");
     for model in [&hf, &gguf] {
         let (ok, out, err) = tern(&[
             "run",

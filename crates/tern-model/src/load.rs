@@ -58,10 +58,11 @@ pub fn open(path: &Path, opts: &LoadOptions) -> Result<Loaded, ModelError> {
             Some(t) => t.stop_tokens(&model.config.eos_token_ids),
             None => model.config.eos_token_ids.clone(),
         };
+        let chat_template = gguf_chat_template(&file, tokenizer.as_ref(), &model, path)?;
         return Ok(Loaded {
             model,
             tokenizer,
-            chat_template: None,
+            chat_template,
             stop_tokens,
             tokenizer_error,
         });
@@ -100,4 +101,37 @@ pub fn open(path: &Path, opts: &LoadOptions) -> Result<Loaded, ModelError> {
         stop_tokens,
         tokenizer_error: None,
     })
+}
+
+/// `tokenizer.chat_template` of a GGUF file, as llama.cpp uses it, except in bitnet.cpp's
+/// 2B4T files (`bitnet-b1.58`, `bitnet-25`): their embedded template is not the one the model
+/// was tuned with (bitnet-spec.md section 6), so those get the built-in 2B4T template.
+fn gguf_chat_template(
+    file: &tern_gguf::GgufFile,
+    tokenizer: Option<&Tokenizer>,
+    model: &Model,
+    path: &Path,
+) -> Result<Option<ChatTemplate>, ModelError> {
+    if matches!(file.architecture(), Some("bitnet-b1.58" | "bitnet-25")) {
+        return Ok(None);
+    }
+    let Some(text) = file
+        .get("tokenizer.chat_template")
+        .and_then(tern_gguf::GgufValue::as_str)
+    else {
+        return Ok(None);
+    };
+    let name = |id: Option<u32>| {
+        id.and_then(|i| tokenizer.and_then(|t| t.id_to_token(i)))
+            .unwrap_or_default()
+    };
+    let bos = name(model.config.bos_token_id);
+    let eos = name(model.config.eos_token_ids.first().copied());
+    ChatTemplate::from_jinja(
+        format!("{} (tokenizer.chat_template)", path.display()),
+        text,
+        bos,
+        eos,
+    )
+    .map(Some)
 }
