@@ -4,6 +4,7 @@ mod bench_kernels;
 mod bench_model;
 mod bundled;
 mod convert;
+mod perplexity;
 mod plot;
 mod run;
 mod train;
@@ -29,6 +30,8 @@ enum Command {
     Info(run::InfoArgs),
     /// Train a BitNet b1.58 model (or its FP baseline) from scratch; eval and export runs.
     Train(train::Args),
+    /// Perplexity of a model on a text (non-overlapping windows, as `tern train eval`).
+    Perplexity(perplexity::Args),
     /// Post-training quantization of an FP training run (ternary or 4-bit), for comparison.
     Quantize(train::QuantizeArgs),
     /// Training and validation loss of several runs on one chart (PNG).
@@ -59,6 +62,7 @@ fn main() {
         Command::Info(a) => run::info(&a),
         Command::Train(a) => train::run(&a),
         Command::Plot(a) => plot::run(&a),
+        Command::Perplexity(a) => perplexity::run(&a),
         Command::Quantize(a) => train::quantize(&a),
         Command::Convert(a) => convert::run(&a),
         Command::Bench {

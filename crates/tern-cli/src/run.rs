@@ -128,7 +128,7 @@ struct Session {
     state: State,
 }
 
-fn threads(n: usize) -> usize {
+pub(crate) fn threads(n: usize) -> usize {
     if n == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -151,7 +151,7 @@ fn model_path(m: &ModelArgs) -> Result<PathBuf> {
     }
 }
 
-fn load(m: &ModelArgs) -> Result<Loaded> {
+pub(crate) fn load(m: &ModelArgs) -> Result<Loaded> {
     let layout = Layout::from_name(&m.layout)
         .with_context(|| format!("--layout {:?}: expected tern2 or tern3", m.layout))?;
     let head = match m.head.as_str() {

@@ -410,6 +410,40 @@ fn train_eval_export_convert_run_and_plot() {
         assert!(ok, "{err}");
         assert!(out.starts_with("The state"), "{out}");
     }
+    // The engine's perplexity on the packed export equals the trainer's evaluation of the
+    // same text: training, export and engine agree end to end.
+    let packed = dir.join("packed");
+    let (ok, _, err) = tern(&[
+        "train",
+        "export",
+        &s(&run),
+        "-o",
+        &s(&packed),
+        "--form",
+        "packed",
+    ]);
+    assert!(ok, "{err}");
+    let text = dir.join("text/0.txt");
+    let (ok, out, err) = tern(&["train", "eval", &s(&run), "--data", &s(&text), "--json"]);
+    assert!(ok, "{err}");
+    let trainer: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let (ok, out, err) = tern(&[
+        "perplexity",
+        &s(&packed),
+        "-f",
+        &s(&text),
+        "--ctx",
+        "32",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let engine: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let (a, b) = (
+        trainer["val_loss"].as_f64().unwrap(),
+        engine["loss"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-4 * a, "trainer {a} vs engine {b}");
+    assert_eq!(trainer["tokens"], engine["tokens"]);
     let png = dir.join("loss.png");
     let (ok, _, err) = tern(&["plot", &s(&run), "-o", &s(&png)]);
     assert!(ok, "{err}");

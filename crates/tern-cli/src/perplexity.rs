@@ -1,0 +1,142 @@
+//! `tern perplexity MODEL -f FILE`: next-token perplexity of the engine on a text, the way
+//! the trainer evaluates (`tern train eval`): documents become `BOS text EOS`, concatenated,
+//! cut into non-overlapping windows of `ctx + 1` tokens; every window is a fresh context whose
+//! `ctx` predictions are all scored. On a model exported by `tern train` the two numbers
+//! agree, which checks training, export, conversion and the engine end to end; with
+//! `--head int8` it measures what the quantized LM head costs.
+
+use crate::run::{load, threads, ModelArgs};
+use anyhow::{bail, Context, Result};
+use std::io::BufRead;
+use std::path::PathBuf;
+use tern_kernels::ThreadPool;
+use tern_model::forward::Logits;
+use tern_model::State;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub m: ModelArgs,
+    /// Text file (one document) or .jsonl (one document per line, --text-field).
+    #[arg(long, short = 'f')]
+    file: PathBuf,
+    /// JSONL field holding the text.
+    #[arg(long, default_value = "text")]
+    text_field: String,
+    /// Windows to score (0: all).
+    #[arg(long, default_value_t = 0)]
+    chunks: usize,
+    /// One JSON line instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn documents(a: &Args) -> Result<Vec<String>> {
+    let name = a.file.display().to_string();
+    let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {name}"))?;
+    if !name.ends_with(".jsonl") {
+        return Ok(vec![text]);
+    }
+    let mut docs = Vec::new();
+    for (i, line) in std::io::Cursor::new(text).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("{name} line {}: invalid JSON", i + 1))?;
+        match v.get(&a.text_field).and_then(|t| t.as_str()) {
+            Some(t) => docs.push(t.to_string()),
+            None => bail!(
+                "{name} line {}: no string field {:?} (set --text-field)",
+                i + 1,
+                a.text_field
+            ),
+        }
+    }
+    Ok(docs)
+}
+
+pub fn run(a: &Args) -> Result<()> {
+    let loaded = load(&a.m)?;
+    let Some(tok) = &loaded.tokenizer else {
+        bail!("the model has no tokenizer: perplexity needs text");
+    };
+    let cfg = &loaded.model.config;
+    let ctx = if a.m.ctx == 0 {
+        cfg.max_seq_len.min(256)
+    } else {
+        a.m.ctx
+    };
+    let docs = documents(a)?;
+    let bos = tok.bos_token_id();
+    let eos = cfg.eos_token_ids.first().copied();
+    let mut ids = Vec::new();
+    let mut bytes = 0usize;
+    for d in &docs {
+        ids.extend(bos);
+        ids.extend(tok.encode(d, false)?);
+        ids.extend(eos);
+        bytes += d.len();
+    }
+    let n_windows = ids.len().saturating_sub(1) / ctx;
+    let n_windows = if a.chunks == 0 {
+        n_windows
+    } else {
+        n_windows.min(a.chunks)
+    };
+    if n_windows == 0 {
+        bail!(
+            "{}: {} tokens, fewer than one window of {} + 1",
+            a.file.display(),
+            ids.len(),
+            ctx
+        );
+    }
+    let t = threads(a.m.threads);
+    let pool = ThreadPool::new(t);
+    let mut state = State::new(cfg, ctx, ctx, t)?;
+    let v = cfg.vocab_size;
+    let (mut nll, mut count) = (0f64, 0usize);
+    let start = std::time::Instant::now();
+    for w in 0..n_windows {
+        let window = &ids[w * ctx..w * ctx + ctx + 1];
+        state.truncate(0);
+        let logits = loaded
+            .model
+            .forward(&window[..ctx], &mut state, Logits::All, &pool)?;
+        for (i, row) in logits.chunks(v).enumerate() {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+            let lse = row
+                .iter()
+                .map(|&x| (x as f64 - max).exp())
+                .sum::<f64>()
+                .ln()
+                + max;
+            nll += lse - row[window[i + 1] as usize] as f64;
+            count += 1;
+        }
+    }
+    let loss = nll / count as f64;
+    let bytes_per_token = bytes as f64 / ids.len() as f64;
+    let bpb = loss / std::f64::consts::LN_2 / bytes_per_token;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "file": a.file.display().to_string(), "head": a.m.head, "ctx": ctx,
+                "windows": n_windows, "tokens": count, "loss": loss, "ppl": loss.exp(),
+                "bpb": bpb,
+            })
+        );
+    } else {
+        println!(
+            "{}: {n_windows} windows of {ctx} tokens ({count} scored, head {}): loss {loss:.4}  ppl {:.3}  bpb {bpb:.4}  ({:.1} s)",
+            a.file.display(),
+            a.m.head,
+            loss.exp(),
+            start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
