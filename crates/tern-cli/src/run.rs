@@ -405,7 +405,8 @@ pub fn info(a: &InfoArgs) -> Result<()> {
     let loaded = load(&a.m)?;
     let m = &loaded.model;
     let c = &m.config;
-    println!("model            {}", model_path(&a.m)?.display());
+    let path = model_path(&a.m)?;
+    println!("model            {}", path.display());
     println!(
         "shape            {} layers, hidden {}, ffn {}, heads {} (kv {}), head_dim {}",
         c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads, c.head_dim
@@ -430,20 +431,20 @@ pub fn info(a: &InfoArgs) -> Result<()> {
         m.embed.byte_len() / 1_000_000
     );
     println!("lm head          {}", m.head_type());
-    println!(
-        "tokenizer        {}",
-        if loaded.tokenizer.is_some() {
-            "tokenizer.json"
-        } else {
-            "none"
-        }
-    );
+    let gguf = path.is_file();
+    let tokenizer = match (&loaded.tokenizer, &loaded.tokenizer_error) {
+        (Some(_), _) if gguf => "from tokenizer.ggml.* (GGUF metadata)".to_string(),
+        (Some(_), _) => "tokenizer.json".to_string(),
+        (None, Some(e)) => format!("none ({e})"),
+        (None, None) => "none".to_string(),
+    };
+    println!("tokenizer        {tokenizer}");
     println!(
         "chat template    {}",
-        if loaded.chat_template.is_some() {
-            "from tokenizer_config.json"
-        } else {
-            "none (BitNet 2B4T format used)"
+        match (&loaded.chat_template, gguf) {
+            (Some(_), true) => "from tokenizer.chat_template (GGUF metadata)",
+            (Some(_), false) => "from tokenizer_config.json",
+            (None, _) => "none (BitNet 2B4T format used)",
         }
     );
     let per_tok = m.bytes_per_token();
