@@ -157,11 +157,11 @@ impl Default for TrainSpec {
         TrainSpec {
             seq_len: 256,
             batch_size: 16,
-            steps: 2000,
+            steps: 1000,
             seed: 0,
             schedule: Schedule::TwoStage,
-            lr: 1.5e-3,
-            warmup_steps: 100,
+            lr: 4e-3,
+            warmup_steps: 60,
             stage2_at: 0.5,
             stage1_end_lr_ratio: 0.55,
             stage2_lr_ratio: 0.35,
@@ -173,7 +173,7 @@ impl Default for TrainSpec {
             grad_clip: 1.0,
             eval_every: 200,
             eval_windows: 64,
-            save_every: 200,
+            save_every: 100,
             keep_checkpoints: 3,
             log_every: 10,
         }
