@@ -4,7 +4,6 @@
 //! written once to the cache directory because the loaders memory-map files.
 
 use anyhow::{Context, Result};
-use std::io::Write;
 use std::path::PathBuf;
 
 pub const NAME: &str = "tern-sotu-b158";
@@ -32,14 +31,6 @@ pub fn path() -> Result<PathBuf> {
     if path.metadata().is_ok_and(|m| m.len() == BYTES.len() as u64) {
         return Ok(path);
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(".{NAME}.tmp{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(BYTES)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    };
-    write().with_context(|| format!("writing the bundled model to {}", path.display()))?;
+    tern_train::data::write_atomic(&path, BYTES).context("writing the bundled model")?;
     Ok(path)
 }

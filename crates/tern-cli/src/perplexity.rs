@@ -6,8 +6,7 @@
 //! `--head int8` it measures what the quantized LM head costs.
 
 use crate::run::{load, threads, ModelArgs};
-use anyhow::{bail, Context, Result};
-use std::io::BufRead;
+use anyhow::{bail, Result};
 use std::path::PathBuf;
 use tern_kernels::ThreadPool;
 use tern_model::forward::Logits;
@@ -17,7 +16,8 @@ use tern_model::State;
 pub struct Args {
     #[command(flatten)]
     pub m: ModelArgs,
-    /// Text file (one document) or .jsonl (one document per line, --text-field).
+    /// Text file (one document), directory, or .jsonl(.gz) (one document per line,
+    /// --text-field).
     #[arg(long, short = 'f')]
     file: PathBuf,
     /// JSONL field holding the text.
@@ -31,32 +31,6 @@ pub struct Args {
     json: bool,
 }
 
-fn documents(a: &Args) -> Result<Vec<String>> {
-    let name = a.file.display().to_string();
-    let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {name}"))?;
-    if !name.ends_with(".jsonl") {
-        return Ok(vec![text]);
-    }
-    let mut docs = Vec::new();
-    for (i, line) in std::io::Cursor::new(text).lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(&line)
-            .with_context(|| format!("{name} line {}: invalid JSON", i + 1))?;
-        match v.get(&a.text_field).and_then(|t| t.as_str()) {
-            Some(t) => docs.push(t.to_string()),
-            None => bail!(
-                "{name} line {}: no string field {:?} (set --text-field)",
-                i + 1,
-                a.text_field
-            ),
-        }
-    }
-    Ok(docs)
-}
-
 pub fn run(a: &Args) -> Result<()> {
     let loaded = load(&a.m)?;
     let Some(tok) = &loaded.tokenizer else {
@@ -68,7 +42,8 @@ pub fn run(a: &Args) -> Result<()> {
     } else {
         a.m.ctx
     };
-    let docs = documents(a)?;
+    // The trainer's reader: the same documents as `tern train eval --data`.
+    let docs = tern_train::data::read_sources(&[a.file.display().to_string()], &a.text_field)?;
     let bos = tok.bos_token_id();
     let eos = cfg.eos_token_ids.first().copied();
     let mut ids = Vec::new();

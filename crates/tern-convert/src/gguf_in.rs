@@ -187,7 +187,7 @@ impl GgufSource {
             }));
         };
         if heads > 0 {
-            m.values = unpermute_rows(&m.values, rows, cols, heads);
+            m.values = unpermute_rows(std::mem::take(&mut m.values), rows, cols, heads);
         }
         if let Some(s) = scale {
             m.gamma *= s;

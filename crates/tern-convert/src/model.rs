@@ -162,53 +162,9 @@ pub trait Source {
     fn layer(&self, i: usize) -> Result<LayerWeights, ConvertError>;
 }
 
-/// `w` as an exact ternary matrix when every nonzero value has the same magnitude `s`
-/// (what llama.cpp's converter writes for BitNet: `q * s`), with gamma = s. The same rule as
-/// tern-model's GGUF loader.
-pub fn fake_quantized(rows: usize, cols: usize, w: &[f32]) -> Option<TernaryMatrix> {
-    let s = w.iter().find(|x| **x != 0.0)?.abs();
-    if w.iter().any(|&x| x != 0.0 && x.abs() != s) {
-        return None;
-    }
-    let values = w
-        .iter()
-        .map(|&x| if x == 0.0 { 0 } else { x.signum() as i8 })
-        .collect();
-    TernaryMatrix::new(rows, cols, values, s).ok()
-}
-
-/// llama.cpp's LLaMA Q/K row permutation (`LlamaModel.permute`): HF row
-/// `h*hd + j*hd/2 + i` becomes GGUF row `h*hd + 2*i + j`.
-pub fn permute_rows<T: Copy>(v: &[T], rows: usize, cols: usize, heads: usize) -> Vec<T> {
-    let hd = rows / heads;
-    let half = hd / 2;
-    let mut out = Vec::with_capacity(v.len());
-    for h in 0..heads {
-        for i in 0..half {
-            for j in 0..2 {
-                let src = h * hd + j * half + i;
-                out.extend_from_slice(&v[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
-}
-
-/// The inverse of [`permute_rows`].
-pub fn unpermute_rows<T: Copy>(v: &[T], rows: usize, cols: usize, heads: usize) -> Vec<T> {
-    let hd = rows / heads;
-    let half = hd / 2;
-    let mut out = Vec::with_capacity(v.len());
-    for h in 0..heads {
-        for j in 0..2 {
-            for i in 0..half {
-                let src = h * hd + 2 * i + j;
-                out.extend_from_slice(&v[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
-}
+// The row permutations and the fake-quantized-ternary rule are the GGUF loader's own, so
+// conversion and loading cannot drift apart.
+pub use tern_model::gguf::{fake_quantized, permute_rows, unpermute_rows};
 
 /// Applies `f` to the rows of a float tensor, whatever its storage (quantized GGUF data is
 /// dequantized to f32 first).
@@ -249,9 +205,9 @@ pub fn permute_tensor(
     } else {
         map_rows(
             t,
-            |v| unpermute_rows(v, r, c, heads),
-            |v| unpermute_rows(v, r, c, heads),
-            |v| unpermute_rows(v, r, c, heads),
+            |v| unpermute_rows(v.to_vec(), r, c, heads),
+            |v| unpermute_rows(v.to_vec(), r, c, heads),
+            |v| unpermute_rows(v.to_vec(), r, c, heads),
         )
     }
 }

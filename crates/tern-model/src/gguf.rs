@@ -486,7 +486,7 @@ impl<'a> Loader<'a> {
 
 /// `w` as an exact ternary matrix when every nonzero value has the same magnitude `s` (what
 /// upstream's converter writes for bitnet: `round(w / s).clamp(-1, 1) * s`), with gamma = s.
-fn fake_quantized(rows: usize, cols: usize, w: &[f32]) -> Option<TernaryMatrix> {
+pub fn fake_quantized(rows: usize, cols: usize, w: &[f32]) -> Option<TernaryMatrix> {
     let s = w.iter().find(|x| **x != 0.0)?.abs();
     if w.iter().any(|&x| x != 0.0 && x.abs() != s) {
         return None;
@@ -498,10 +498,27 @@ fn fake_quantized(rows: usize, cols: usize, w: &[f32]) -> Option<TernaryMatrix> 
     TernaryMatrix::new(rows, cols, values, s).ok()
 }
 
-/// Undoes llama.cpp's LLaMA Q/K permutation (`convert_hf_to_gguf.py::LlamaModel.permute`:
+/// llama.cpp's LLaMA Q/K row permutation (`LlamaModel.permute`): HF row
+/// `h*hd + j*hd/2 + i` becomes GGUF row `h*hd + 2*i + j`.
+pub fn permute_rows<T: Copy>(v: &[T], rows: usize, cols: usize, heads: usize) -> Vec<T> {
+    let hd = rows / heads;
+    let half = hd / 2;
+    let mut out = Vec::with_capacity(v.len());
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let src = h * hd + j * half + i;
+                out.extend_from_slice(&v[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// The inverse of [`permute_rows`] (`convert_hf_to_gguf.py::LlamaModel.permute`:
 /// `w.reshape(heads, 2, hd / 2, cols).swapaxes(1, 2)`): GGUF row `h*hd + 2*i + j` is HF row
 /// `h*hd + j*hd/2 + i`. `heads == 0` leaves `v` as it is.
-fn unpermute_rows<T: Copy>(v: Vec<T>, rows: usize, cols: usize, heads: usize) -> Vec<T> {
+pub fn unpermute_rows<T: Copy>(v: Vec<T>, rows: usize, cols: usize, heads: usize) -> Vec<T> {
     if heads == 0 {
         return v;
     }

@@ -41,32 +41,22 @@ pub fn save(
     params: &[(String, Var)],
     opt: &AdamW,
 ) -> Result<()> {
-    let mut blobs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut blobs: Vec<Blob> = Vec::new();
     for (i, (name, var)) in params.iter().enumerate() {
         let shape = var.dims().to_vec();
-        blobs.push((
-            format!("param.{name}"),
-            shape.clone(),
-            f32_bytes(var.as_tensor())?,
-        ));
-        blobs.push((
-            format!("adam_m.{name}"),
-            shape.clone(),
-            f32_bytes(&opt.m[i])?,
-        ));
-        blobs.push((format!("adam_v.{name}"), shape, f32_bytes(&opt.v[i])?));
+        for (prefix, t) in [
+            ("param", var.as_tensor()),
+            ("adam_m", &opt.m[i]),
+            ("adam_v", &opt.v[i]),
+        ] {
+            blobs.push((
+                format!("{prefix}.{name}"),
+                Dtype::F32,
+                shape.clone(),
+                f32_bytes(t)?,
+            ));
+        }
     }
-    let views = blobs
-        .iter()
-        .map(|(n, s, b)| {
-            TensorView::new(Dtype::F32, s.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| TrainError::Checkpoint {
-                    file: path.display().to_string(),
-                    what: format!("tensor {n}: {e}"),
-                })
-        })
-        .collect::<Result<Vec<_>>>()?;
     let meta = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("step".to_string(), step.to_string()),
@@ -75,11 +65,32 @@ pub fn save(
         ("vocab_size".to_string(), vocab.to_string()),
         ("config".to_string(), config.to_toml()),
     ]);
+    write_safetensors(path, &blobs, meta)
+}
+
+/// One tensor to write: name, dtype, shape, little-endian bytes.
+pub(crate) type Blob = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// Serializes tensors to a safetensors file, atomically; errors name the file and tensor.
+pub(crate) fn write_safetensors(
+    path: &Path,
+    blobs: &[Blob],
+    meta: HashMap<String, String>,
+) -> Result<()> {
+    let err = |what: String| TrainError::Checkpoint {
+        file: path.display().to_string(),
+        what,
+    };
+    let views = blobs
+        .iter()
+        .map(|(n, dt, s, b)| {
+            TensorView::new(*dt, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| err(format!("tensor {n}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let bytes =
-        safetensors::tensor::serialize(views, Some(meta)).map_err(|e| TrainError::Checkpoint {
-            file: path.display().to_string(),
-            what: e.to_string(),
-        })?;
+        safetensors::tensor::serialize(views, Some(meta)).map_err(|e| err(e.to_string()))?;
     write_atomic(path, &bytes)
 }
 

@@ -181,6 +181,13 @@ pub fn encode_docs(tok: &Tokenizer, docs: &[String]) -> Result<Vec<u32>> {
     Ok(out)
 }
 
+/// Tokenizes `docs` ([`encode_docs`]) into a shard at `path` that records the text's bytes.
+pub fn write_docs_shard(tok: &Tokenizer, docs: &[String], path: &Path) -> Result<()> {
+    let ids = encode_docs(tok, docs)?;
+    let bytes: u64 = docs.iter().map(|d| d.len() as u64).sum();
+    write_shard(path, &ids, tok.get_vocab_size(true), bytes)
+}
+
 const MAGIC: &[u8; 8] = b"TERNTOK1";
 const HEADER: usize = 32;
 

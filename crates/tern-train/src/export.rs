@@ -8,7 +8,7 @@ use crate::config::{Act, Quant};
 use crate::data::{write_atomic, BOS, EOS, EOT};
 use crate::error::{Result, TrainError};
 use crate::model::is_projection;
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use std::path::Path;
 use tern_kernels::formats::{hf as hf_packed, TernaryMatrix};
 
@@ -120,7 +120,7 @@ pub fn export_hf_ptq(
         });
     }
 
-    let mut blobs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut blobs: Vec<checkpoint::Blob> = Vec::new();
     for (name, var) in &ck.params {
         let shape = var.dims().to_vec();
         let w = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
@@ -158,24 +158,8 @@ pub fn export_hf_ptq(
         };
         blobs.push((name.clone(), dt, shape, bytes));
     }
-    let views = blobs
-        .iter()
-        .map(|(n, dt, s, b)| {
-            TensorView::new(*dt, s.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| TrainError::Checkpoint {
-                    file: ckpt.display().to_string(),
-                    what: format!("tensor {n}: {e}"),
-                })
-        })
-        .collect::<Result<Vec<_>>>()?;
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes =
-        safetensors::tensor::serialize(views, Some(meta)).map_err(|e| TrainError::Checkpoint {
-            file: out.join("model.safetensors").display().to_string(),
-            what: e.to_string(),
-        })?;
-    write_atomic(&out.join("model.safetensors"), &bytes)?;
+    checkpoint::write_safetensors(&out.join("model.safetensors"), &blobs, meta)?;
 
     let json = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("json") + "\n";
     write_atomic(&out.join("config.json"), json(&config).as_bytes())?;

@@ -10,7 +10,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Result, Shap
 use rayon::prelude::*;
 use std::sync::Arc;
 
-fn slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+/// The f32 data of a contiguous tensor's storage (custom ops read raw rows).
+pub(crate) fn slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let d = match s {
         CpuStorage::F32(d) => d,
         _ => candle_core::bail!("{op}: expected f32"),

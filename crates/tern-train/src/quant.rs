@@ -7,6 +7,7 @@
 //! BitNet reference code, `x + (q(x) - x).detach()`, done in one pass instead of five tensor
 //! ops, and with PyTorch's ties-to-even rounding, which candle's `round` does not offer.
 
+use crate::ops::slice;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use tern_kernels::formats::SCALE_EPS;
@@ -23,17 +24,6 @@ pub struct WeightQuant;
 /// row, values in -8..=7 scaled by max/7), the "common practice" post-training baseline.
 pub struct Int4GroupQuant {
     pub group: usize,
-}
-
-fn contiguous_f32<'a>(op: &str, storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let data = match storage {
-        CpuStorage::F32(d) => d,
-        _ => candle_core::bail!("{op}: expected f32 input"),
-    };
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{op}: expected a contiguous input"),
-    }
 }
 
 /// Round to nearest, ties to even, for |v| <= 2^22: adding and removing 1.5 * 2^23 leaves
@@ -92,7 +82,7 @@ impl CustomOp1 for ActQuant {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(self.name(), storage, layout)?;
+        let x = slice(self.name(), storage, layout)?;
         let k = row_len(layout);
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(k)
@@ -113,7 +103,7 @@ impl CustomOp1 for WeightQuant {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let w = contiguous_f32(self.name(), storage, layout)?;
+        let w = slice(self.name(), storage, layout)?;
         let mut out = vec![0f32; w.len()];
         weight_quant_slice(w, &mut out);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
@@ -130,7 +120,7 @@ impl CustomOp1 for Int4GroupQuant {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let w = contiguous_f32(self.name(), storage, layout)?;
+        let w = slice(self.name(), storage, layout)?;
         let k = row_len(layout);
         let mut out = vec![0f32; w.len()];
         for (xr, or) in w.chunks(k).zip(out.chunks_mut(k)) {

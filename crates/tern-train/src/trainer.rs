@@ -145,14 +145,8 @@ impl Trainer {
         tok.save(run.tokenizer(), false)
             .map_err(|e| TrainError::Tokenizer(format!("{}: {e}", run.tokenizer().display())))?;
         let vocab = tok.get_vocab_size(true);
-        for (docs, path) in [
-            (&corpus.train, run.train_shard()),
-            (&corpus.valid, run.valid_shard()),
-        ] {
-            let ids = data::encode_docs(&tok, docs)?;
-            let bytes: u64 = docs.iter().map(|d| d.len() as u64).sum();
-            data::write_shard(&path, &ids, vocab, bytes)?;
-        }
+        data::write_docs_shard(&tok, &corpus.train, &run.train_shard())?;
+        data::write_docs_shard(&tok, &corpus.valid, &run.valid_shard())?;
         obs.message(&format!(
             "tokenizer: {vocab} entries; shards written in {:.1} s",
             t0.elapsed().as_secs_f64()
@@ -426,10 +420,8 @@ pub fn external_shard(tr: &Trainer, sources: &[String], text_field: &str) -> Res
     }
     let tok = tokenizers::Tokenizer::from_file(tr.run.tokenizer())
         .map_err(|e| TrainError::Tokenizer(format!("{}: {e}", tr.run.tokenizer().display())))?;
-    let ids = data::encode_docs(&tok, &docs)?;
-    let bytes: u64 = docs.iter().map(|d| d.len() as u64).sum();
     let path = tr.run.0.join("data").join("external-eval.tok");
-    data::write_shard(&path, &ids, tr.model.vocab, bytes)?;
+    data::write_docs_shard(&tok, &docs, &path)?;
     let shard = Shard::open(&path)?;
     if shard.len < tr.config.train.seq_len + 1 {
         return Err(TrainError::Data(format!(
