@@ -42,6 +42,10 @@ pub struct Args {
     /// JSON Lines instead of a table.
     #[arg(long)]
     json: bool,
+    /// After the timed runs, decode once more with a per-phase clock and print where a
+    /// token's time goes (projections with their effective read bandwidth).
+    #[arg(long)]
+    profile: bool,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -133,10 +137,13 @@ pub fn run(args: &Args) -> Result<()> {
     bw.sort_by(|a, b| a.total_cmp(b));
     let bandwidth = bw.get(bw.len() / 2).copied();
     for (test, tps) in rows {
-        // Share of the roofline: weight bytes streamed per second over the read bandwidth.
-        let roofline = bandwidth
-            .filter(|_| test.starts_with("tg"))
-            .map(|b| model.bytes_per_token() as f64 * tps / 1e9 / b);
+        // Share of the roofline: bytes a token reads (weights, plus the KV cache averaged over
+        // the run) per second over the read bandwidth.
+        let read = test
+            .strip_prefix("tg")
+            .and_then(|n| n.parse().ok())
+            .map(|n| model.bytes_per_token() as f64 + kv_bytes_per_token(&model, n));
+        let roofline = bandwidth.zip(read).map(|(b, read)| read * tps / 1e9 / b);
         if args.json {
             let mut o = serde_json::json!({
                 "test": test, "model": name, "weights": weights, "head": model.head_type(),
@@ -161,7 +168,65 @@ pub fn run(args: &Args) -> Result<()> {
         }
         println!("peak RSS {:.2} GB", rss as f64 / 1e9);
     }
+    if let (true, Some(&n)) = (args.profile, args.gen.first()) {
+        state.reset();
+        state.set_profiling(true);
+        let mut tok = rng.below(vocab) as u32;
+        for _ in 0..n {
+            tok = argmax(model.forward(&[tok], &mut state, Logits::Last, &pool)?);
+        }
+        print_profile(&model, state.profile(), n, bandwidth);
+        state.set_profiling(false);
+    }
     Ok(())
+}
+
+/// Bytes of K and V a decode step reads, averaged over steps at positions `0..n`.
+fn kv_bytes_per_token(model: &Model, n: usize) -> f64 {
+    let c = &model.config;
+    let per_position = (c.num_layers * 2 * c.kv_dim() * std::mem::size_of::<f32>()) as f64;
+    per_position * (n + 1) as f64 / 2.0
+}
+
+/// One line per phase: ms per token, share, and for projections the read bandwidth reached.
+fn print_profile(model: &Model, p: &tern_model::forward::Profile, n: usize, bw: Option<f64>) {
+    let sum = |f: &dyn Fn(&tern_model::Layer) -> usize| -> f64 {
+        model.layers.iter().map(f).sum::<usize>() as f64
+    };
+    let head = model.bytes_per_token() as f64
+        - sum(&|l| {
+            [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                .iter()
+                .map(|p| p.byte_len())
+                .sum()
+        });
+    let bytes = [
+        0.0,
+        sum(&|l| l.q.byte_len() + l.k.byte_len() + l.v.byte_len()),
+        0.0,
+        kv_bytes_per_token(model, n),
+        sum(&|l| l.o.byte_len()),
+        sum(&|l| l.gate.byte_len() + l.up.byte_len()),
+        sum(&|l| l.down.byte_len()),
+        head,
+    ];
+    let total: u64 = p.ns.iter().sum();
+    println!("\nprofile of tg{n} (clock per phase; the phases add up to the whole step):");
+    println!("| phase | ms/token | share | MB read/token | GB/s | share of probe |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (i, name) in tern_model::forward::Profile::PHASES.iter().enumerate() {
+        let ms = p.ns[i] as f64 / 1e6 / n as f64;
+        let share = 100.0 * p.ns[i] as f64 / total.max(1) as f64;
+        let (mb, rate) = if bytes[i] > 0.0 {
+            let gbs = bytes[i] / (ms / 1e3) / 1e9;
+            let of = bw.map_or(String::new(), |b| format!("{:.0}%", 100.0 * gbs / b));
+            (format!("{:.1}", bytes[i] / 1e6), format!("{gbs:.1} | {of}"))
+        } else {
+            (String::new(), " | ".into())
+        };
+        println!("| {name} | {ms:.3} | {share:.1}% | {mb} | {rate} |");
+    }
+    println!("| total | {:.3} | | | | |", total as f64 / 1e6 / n as f64);
 }
 
 fn synthetic(args: &Args, shape: &str) -> Result<Model> {

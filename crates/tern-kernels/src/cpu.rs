@@ -64,7 +64,9 @@ impl Isa {
     }
 
     /// Whether this CPU can run `self` (asking for an unsupported set is a caller error).
+    /// Cheap (kernels check it per call): the sets form a chain, weakest first, so a set is
+    /// supported iff it is no stronger than the best one detected.
     pub fn is_supported(self) -> bool {
-        Isa::available().contains(&self)
+        self <= Isa::detect()
     }
 }

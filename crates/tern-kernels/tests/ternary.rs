@@ -4,7 +4,9 @@
 use proptest::prelude::*;
 use tern_kernels::actquant::{quantize_acts_with, QuantizedActs};
 use tern_kernels::rng::Rng;
-use tern_kernels::ternary::{matmul_reference, matmul_with, Layout, PackedTernary};
+use tern_kernels::ternary::{
+    matmul_many_with, matmul_reference, matmul_with, Layout, PackedTernary,
+};
 use tern_kernels::{Isa, TernaryMatrix, ThreadPool};
 
 fn random_acts(n: usize, k: usize, rng: &mut Rng, extremes: bool) -> QuantizedActs {
@@ -82,6 +84,75 @@ proptest! {
             prop_assert_eq!(again.unpack(), w.clone());
         }
     }
+}
+
+/// Several matrices in one pool job (q/k/v, gate/up) give each one's own bits, with the
+/// task boundaries falling anywhere across them, mixed layouts included.
+fn check_many(
+    rows: &[usize],
+    k: usize,
+    n: usize,
+    seed: u64,
+    mixed: bool,
+) -> Result<(), TestCaseError> {
+    let mut rng = Rng::new(seed);
+    let ws: Vec<PackedTernary> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, &m)| {
+            let layout = if mixed && i % 2 == 1 {
+                Layout::Tern3
+            } else {
+                Layout::Tern2
+            };
+            PackedTernary::pack(
+                &TernaryMatrix::random(m, k, 0.5 + i as f32, &mut rng),
+                layout,
+            )
+        })
+        .collect();
+    let x = random_acts(n, k, &mut rng, false);
+    let refs: Vec<&PackedTernary> = ws.iter().collect();
+    for isa in Isa::available() {
+        for pool in [ThreadPool::new(1), ThreadPool::new(2), ThreadPool::new(5)] {
+            let mut got: Vec<Vec<f32>> = rows.iter().map(|&m| vec![f32::NAN; n * m]).collect();
+            let mut outs: Vec<&mut [f32]> = got.iter_mut().map(|v| v.as_mut_slice()).collect();
+            matmul_many_with(&refs, &x, &mut outs, &pool, isa);
+            for (w, g) in ws.iter().zip(&got) {
+                let mut want = vec![0f32; n * w.rows()];
+                matmul_reference(&w.unpack(), &x, &mut want);
+                let same = g.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                prop_assert!(
+                    same,
+                    "{} threads={} rows={:?} k={k} n={n}",
+                    isa.name(),
+                    pool.threads(),
+                    rows
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn matmul_many_matches_separate_calls(
+        rows in proptest::collection::vec(1usize..90, 1..=4), k in 1usize..300, n in 1usize..10,
+        seed: u64, mixed: bool,
+    ) {
+        check_many(&rows, k, n, seed, mixed)?;
+    }
+}
+
+#[test]
+fn matmul_many_splits_tasks_across_matrices() {
+    // Large enough for many tasks, with odd group counts so task runs straddle matrices.
+    check_many(&[200, 40, 40], 2000, 1, 3, false).unwrap();
+    check_many(&[200, 40, 40], 1000, 3, 4, true).unwrap();
+    check_many(&[6912 / 4, 6912 / 4], 640, 1, 5, false).unwrap();
 }
 
 #[test]

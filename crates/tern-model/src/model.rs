@@ -73,6 +73,38 @@ impl Linear {
             Linear::F32 { w, rows, cols } => dense::matmul_f32(w, *rows, *cols, x, n, y, pool),
         }
     }
+
+    /// [`Linear::forward`] for several projections of the same input (q/k/v, gate/up): one
+    /// kernel job when all are ternary, which saves a fork-join per projection in decode.
+    pub fn forward_many(
+        ls: &[&Linear],
+        x: &[f32],
+        xq: &QuantizedActs,
+        n: usize,
+        ys: &mut [&mut [f32]],
+        pool: &ThreadPool,
+    ) {
+        fn packed<'a>(l: &&'a Linear) -> Option<&'a PackedTernary> {
+            match l {
+                Linear::Ternary(p) => Some(p),
+                _ => None,
+            }
+        }
+        if let (Some(first), true) = (ls.first().and_then(packed), ls.len() <= ternary::MANY_MAX) {
+            // A fixed array, not a Vec: decode allocates nothing per token.
+            let mut ws = [first; ternary::MANY_MAX];
+            if ls
+                .iter()
+                .zip(ws.iter_mut())
+                .all(|(l, w)| packed(l).map(|p| *w = p).is_some())
+            {
+                return ternary::matmul_many(&ws[..ls.len()], xq, ys, pool);
+            }
+        }
+        for (l, y) in ls.iter().zip(ys.iter_mut()) {
+            l.forward(x, xq, n, y, pool);
+        }
+    }
 }
 
 /// The token embedding table, `[vocab][hidden]`, in the precision of the checkpoint (f16 for

@@ -2,8 +2,11 @@
 //!
 //! A tile is G groups (16 rows each) x T tokens of i32 accumulators held in registers for the
 //! whole k loop; each block's codes are unpacked once and reused by all T tokens, each
-//! broadcast activation quad by all G groups. Decode (T = 1) uses G = 4 for independent
-//! accumulation chains; prefill uses G = 2, T = 8 (16 accumulators + 8 code vectors).
+//! broadcast activation quad by all G groups. Decode (T = 1) uses G = 1 with four accumulators
+//! (one per code plane, so four independent `vpdpbusd` chains): one group at a time makes a
+//! task's weights a single sequential stream, which measured 10-20% faster than four
+//! interleaved group streams (G = 4) on 2B4T shapes. Prefill uses G = 2, T = 8
+//! (16 accumulators + 8 code vectors).
 
 // Register tiles are indexed by (group, token, plane) in several arrays at once; index loops
 // read more plainly than zipped iterators here.
@@ -12,11 +15,14 @@
 use super::{Job, Layout, BLOCK_BYTES, GROUP_ROWS};
 use std::arch::x86_64::*;
 
+/// Groups per decode tile (see the module docs).
+const DECODE_G: usize = 1;
+
 /// Tokens per tile for GEMM.
 const T_GEMM: usize = 8;
 
-/// How far ahead (bytes) the decode kernel prefetches each group's stream.
-const PREFETCH_AHEAD: usize = 2048;
+/// How far ahead (bytes) the decode kernel prefetches its stream (best of 1-4 KB measured).
+const PREFETCH_AHEAD: usize = 4096;
 
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VNNI; `job` as produced by `matmul_with`.
@@ -30,9 +36,9 @@ pub(crate) unsafe fn run(job: &Job) {
     };
     let mut g = start;
     if n == 1 {
-        while g + 4 <= end {
-            tile(g, 4, 0, 1);
-            g += 4;
+        while g + DECODE_G <= end {
+            tile(g, DECODE_G, 0, 1);
+            g += DECODE_G;
         }
         while g < end {
             tile(g, 1, 0, 1);
@@ -58,7 +64,7 @@ unsafe fn dispatch<const B3: bool>(job: &Job, g: usize, gs: usize, t: usize, ts:
     macro_rules! go {
         ($($gs:literal, $ts:literal);*) => {
             match (gs, ts) {
-                $(($gs, $ts) => tile::<B3, $gs, $ts>(job, g, t),)*
+                $(($gs, $ts) => tile::<B3, $gs, $ts, { if $ts == 1 { if $gs == 1 { 4 } else { 2 } } else { 1 } }>(job, g, t),)*
                 _ => unreachable!("tile {gs}x{ts}"),
             }
         };
@@ -96,7 +102,11 @@ unsafe fn times3(p: __m512i) -> __m512i {
 }
 
 #[inline(always)]
-unsafe fn tile<const B3: bool, const G: usize, const T: usize>(job: &Job, g0: usize, t0: usize) {
+unsafe fn tile<const B3: bool, const G: usize, const T: usize, const P: usize>(
+    job: &Job,
+    g0: usize,
+    t0: usize,
+) {
     let blocks = job.w.blocks();
     let bc = if B3 { 20 } else { 16 };
     let stride = job.x.stride;
@@ -107,7 +117,9 @@ unsafe fn tile<const B3: bool, const G: usize, const T: usize>(job: &Job, g0: us
         .as_ptr()
         .add(g0 * blocks * BLOCK_BYTES);
     let xbase = job.x.bytes().as_ptr().add(t0 * stride);
-    let mut acc = [[_mm512_setzero_si512(); T]; G];
+    // P accumulators per (group, token): plane i adds into number i % P, so decode (T = 1)
+    // runs P independent dpbusd chains per group instead of one latency-bound chain.
+    let mut acc = [[[_mm512_setzero_si512(); P]; T]; G];
     for b in 0..blocks {
         let mut p = [_mm512_setzero_si512(); G];
         for (gi, p) in p.iter_mut().enumerate() {
@@ -144,7 +156,7 @@ unsafe fn tile<const B3: bool, const G: usize, const T: usize>(job: &Job, g0: us
                     .read_unaligned();
                 let xb = _mm512_set1_epi32(quad);
                 for gi in 0..G {
-                    acc[gi][t] = _mm512_dpbusd_epi32(acc[gi][t], c[gi], xb);
+                    acc[gi][t][i % P] = _mm512_dpbusd_epi32(acc[gi][t][i % P], c[gi], xb);
                 }
             }
         }
@@ -153,7 +165,11 @@ unsafe fn tile<const B3: bool, const G: usize, const T: usize>(job: &Job, g0: us
     for (gi, acc) in acc.iter().enumerate() {
         let g = g0 + gi;
         let rows = job.rows_in(g);
-        for (t, &a) in acc.iter().enumerate() {
+        for (t, parts) in acc.iter().enumerate() {
+            // Integer sums: the order of the P parts does not change the bits.
+            let a = parts[1..]
+                .iter()
+                .fold(parts[0], |s, &p| _mm512_add_epi32(s, p));
             let tt = t0 + t;
             // Same operations, same order as `Job::finish`.
             let v = _mm512_sub_epi32(a, _mm512_set1_epi32(job.x.sums[tt]));

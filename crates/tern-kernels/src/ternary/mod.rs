@@ -281,38 +281,78 @@ pub fn matmul_with(
     pool: &ThreadPool,
     isa: Isa,
 ) {
+    matmul_many_with(&[w], x, &mut [y], pool, isa)
+}
+
+/// Most matrices [`matmul_many`] takes in one call.
+pub const MANY_MAX: usize = 4;
+
+/// `ys[i] = x * ws[i]^T` for up to [`MANY_MAX`] matrices that read the same activations
+/// (q/k/v, gate/up): one pool job instead of one per matrix, so a decode step pays one
+/// fork-join and one ramp-down per input instead of per matrix. Same bits as [`matmul`].
+pub fn matmul_many(
+    ws: &[&PackedTernary],
+    x: &QuantizedActs,
+    ys: &mut [&mut [f32]],
+    pool: &ThreadPool,
+) {
+    matmul_many_with(ws, x, ys, pool, Isa::detect())
+}
+
+/// As [`matmul_many`] with a chosen instruction set.
+pub fn matmul_many_with(
+    ws: &[&PackedTernary],
+    x: &QuantizedActs,
+    ys: &mut [&mut [f32]],
+    pool: &ThreadPool,
+    isa: Isa,
+) {
     assert!(
         isa.is_supported(),
         "{} kernels are not supported on this CPU",
         isa.name()
     );
-    assert_eq!(
-        x.k, w.cols,
-        "ternary matmul: activations have k={}, weights {} columns",
-        x.k, w.cols
+    assert!(
+        ws.len() == ys.len() && ws.len() <= MANY_MAX,
+        "ternary matmul_many: {} matrices, {} outputs (at most {MANY_MAX})",
+        ws.len(),
+        ys.len()
     );
-    assert_eq!(
-        y.len(),
-        x.n * w.rows,
-        "ternary matmul: output has {} floats, expected {}x{}",
-        y.len(),
-        x.n,
-        w.rows
-    );
-    let groups = w.groups();
+    let mut outs = [SyncPtr(std::ptr::null_mut()); MANY_MAX];
+    // First global group of each matrix; the last entry is the total.
+    let mut starts = [0usize; MANY_MAX + 1];
+    let mut blocks = 0;
+    for (i, (w, y)) in ws.iter().zip(ys.iter_mut()).enumerate() {
+        assert_eq!(
+            x.k, w.cols,
+            "ternary matmul: activations have k={}, weights {} columns",
+            x.k, w.cols
+        );
+        assert_eq!(
+            y.len(),
+            x.n * w.rows,
+            "ternary matmul: output has {} floats, expected {}x{}",
+            y.len(),
+            x.n,
+            w.rows
+        );
+        outs[i] = SyncPtr(y.as_mut_ptr());
+        starts[i + 1] = starts[i] + w.groups();
+        blocks = w.blocks();
+    }
+    let groups = starts[ws.len()];
     if groups == 0 || x.n == 0 {
         return;
     }
     // Tasks are runs of whole groups, four per thread: runs stay long enough to stream
     // (hundreds of KB at decode shapes), and a thread the OS delays holds up only a small
     // share of the call instead of half of it.
-    let work = groups * w.blocks() * x.n;
+    let work = groups * blocks * x.n;
     let tasks = if pool.threads() == 1 || work < 2048 {
         1
     } else {
         (pool.threads() * 4).min(groups.div_ceil(2))
     };
-    let out = SyncPtr(y.as_mut_ptr());
     pool.run(tasks, &|task| {
         // Keep runs even so two-group tiles stay paired.
         let lo = (groups * task / tasks) & !1;
@@ -321,20 +361,26 @@ pub fn matmul_with(
         } else {
             (groups * (task + 1) / tasks) & !1
         };
-        let job = Job {
-            w,
-            x,
-            out,
-            groups: lo..hi,
-        };
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `isa.is_supported()` was asserted above, so the CPU has the features the
-            // AVX-512 / AVX2 kernels are compiled for.
-            Isa::Avx512 => unsafe { avx512::run(&job) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { avx2::run(&job) },
-            _ => portable::run(&job),
+        for (i, w) in ws.iter().enumerate() {
+            let (a, b) = (lo.max(starts[i]), hi.min(starts[i + 1]));
+            if a >= b {
+                continue;
+            }
+            let job = Job {
+                w,
+                x,
+                out: outs[i],
+                groups: a - starts[i]..b - starts[i],
+            };
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `isa.is_supported()` was asserted above, so the CPU has the features
+                // the AVX-512 / AVX2 kernels are compiled for.
+                Isa::Avx512 => unsafe { avx512::run(&job) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { avx2::run(&job) },
+                _ => portable::run(&job),
+            }
         }
     });
 }
