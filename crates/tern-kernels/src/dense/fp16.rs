@@ -1,7 +1,7 @@
 //! f16 weights with f32 activations and outputs: half the bytes of f32 per weight, converted to
 //! f32 in registers (`vcvtph2ps`) and accumulated in f32.
 
-use super::fp32::{dot_portable, gemm_xwt};
+use super::fp32::{dot_portable, gemm_pooled, gemm_xwt};
 use super::{check_isa, run_rows};
 use crate::cpu::Isa;
 use crate::pool::{SyncPtr, ThreadPool};
@@ -379,7 +379,25 @@ pub fn matmul_f16(
     if n == 1 {
         gemv_f16(w, m, k, x, y, pool);
     } else {
-        gemm(w, m, k, x, n, y, pool.threads(), Some(pool), Isa::detect());
+        assert_eq!(w.len(), m * k, "matmul_f16: w is not {m}x{k}");
+        assert_eq!(x.len(), n * k, "matmul_f16: x is not {n}x{k}");
+        assert_eq!(y.len(), n * m, "matmul_f16: y is not {n}x{m}");
+        let isa = Isa::detect();
+        gemm_pooled(m, k, x, n, y, pool, &|rows, f| {
+            // Convert and multiply a cache-sized block at a time, in this thread's scratch.
+            let chunk_rows = (CHUNK_ELEMS / k.max(1)).max(16);
+            let mut scratch = SCRATCH.take();
+            let mut r = rows.start;
+            while r < rows.end {
+                let mb = chunk_rows.min(rows.end - r);
+                scratch.resize(scratch.len().max(mb * k), 0.0);
+                let buf = &mut scratch[..mb * k];
+                f16_to_f32(&w[r * k..(r + mb) * k], buf, isa);
+                f(buf);
+                r += mb;
+            }
+            SCRATCH.set(scratch);
+        });
     }
 }
 

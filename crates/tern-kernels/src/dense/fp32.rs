@@ -2,7 +2,7 @@
 
 use super::{check_isa, run_rows};
 use crate::cpu::Isa;
-use crate::pool::ThreadPool;
+use crate::pool::{SyncPtr, ThreadPool};
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -251,6 +251,38 @@ pub(super) fn gemm_xwt(
         }
         return;
     }
+    // SAFETY: the asserts above keep every element gemm addresses in bounds (see
+    // `gemm_xwt_raw`); `y` is exclusively borrowed and does not alias the shared `x` / `w`.
+    unsafe {
+        gemm_xwt_raw(
+            w.as_ptr(),
+            m,
+            k,
+            x.as_ptr(),
+            n,
+            y.as_mut_ptr(),
+            ldy,
+            threads,
+        )
+    }
+}
+
+/// [`gemm_xwt`] on raw pointers, so that pool tasks can write disjoint columns of one `y`.
+///
+/// # Safety
+/// `w` readable for `m*k` floats, `x` for `n*k`, `y` writable at `t*ldy + o` for `t < n`,
+/// `o < m`, and no other thread touches those elements of `y` during the call.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_xwt_raw(
+    w: *const f32,
+    m: usize,
+    k: usize,
+    x: *const f32,
+    n: usize,
+    y: *mut f32,
+    ldy: usize,
+    threads: usize,
+) {
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
@@ -258,23 +290,21 @@ pub(super) fn gemm_xwt(
     };
     // In gemm's terms dst (n x m) = lhs (n x k, x) * rhs (k x m, W^T: element (j, o) is
     // w[o*k + j], so row stride 1 and column stride k). With read_dst = false, dst = beta * lhs * rhs.
-    // SAFETY: the asserts above keep every element gemm addresses in bounds: lhs (t, j) at
-    // t*k + j < n*k <= x.len(); rhs (j, o) at o*k + j < m*k <= w.len(); dst (t, o) at
-    // t*ldy + o <= (n-1)*ldy + m - 1 < y.len(). `y` is exclusively borrowed and does not alias
-    // the shared `x` / `w`.
+    // SAFETY: the caller's contract covers every element gemm addresses: lhs (t, j) at
+    // t*k + j < n*k; rhs (j, o) at o*k + j < m*k; dst (t, o) at t*ldy + o.
     unsafe {
         gemm::gemm(
             n,
             m,
             k,
-            y.as_mut_ptr(),
+            y,
             1,
             ldy as isize,
             false,
-            x.as_ptr(),
+            x,
             1,
             k as isize,
-            w.as_ptr(),
+            w,
             k as isize,
             1,
             0.0,
@@ -285,6 +315,48 @@ pub(super) fn gemm_xwt(
             parallelism,
         );
     }
+}
+
+/// Prefill on the pool: each task multiplies its own block of W's rows single-threaded
+/// (`block` prepares a block of rows as f32, e.g. converting f16). No second thread pool
+/// (rayon) competes with ours for the cores, and a converted block stays in its core's cache.
+pub(super) fn gemm_pooled(
+    m: usize,
+    k: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    pool: &ThreadPool,
+    block: &(dyn Fn(std::ops::Range<usize>, &mut dyn FnMut(&[f32])) + Sync),
+) {
+    assert!(x.len() >= n * k && y.len() >= n * m);
+    if n == 0 || m == 0 {
+        return;
+    }
+    if k == 0 {
+        y[..n * m].fill(0.0);
+        return;
+    }
+    // Two tasks per thread: a thread the OS delays holds up a quarter, not half, of the call.
+    let tasks = if pool.threads() == 1 || n * m * k < super::INLINE_WORK {
+        1
+    } else {
+        pool.threads() * 2
+    };
+    let yp = SyncPtr(y.as_mut_ptr());
+    pool.run(tasks, &|task| {
+        let rows = super::task_rows(m, tasks, task);
+        if rows.is_empty() {
+            return;
+        }
+        let o0 = rows.start;
+        block(rows, &mut |wf: &[f32]| {
+            let mb = wf.len() / k;
+            // SAFETY: `wf` holds `mb` rows of k floats; x holds n*k (asserted); this task owns
+            // columns o0..o0+mb of y (task_rows ranges are disjoint), at t*m + o < n*m <= y.len().
+            unsafe { gemm_xwt_raw(wf.as_ptr(), mb, k, x.as_ptr(), n, yp.get().add(o0), m, 1) }
+        });
+    });
 }
 
 /// `y[n][m] = x[n][k] * W^T`: our GEMV for one token (decode), `gemm` for more (prefill).
@@ -300,7 +372,12 @@ pub fn matmul_f32(
     if n == 1 {
         gemv_f32(w, m, k, x, y, pool);
     } else {
-        gemm_f32(w, m, k, x, n, y, pool.threads());
+        assert_eq!(w.len(), m * k, "matmul_f32: w is not {m}x{k}");
+        assert_eq!(x.len(), n * k, "matmul_f32: x is not {n}x{k}");
+        assert_eq!(y.len(), n * m, "matmul_f32: y is not {n}x{m}");
+        gemm_pooled(m, k, x, n, y, pool, &|rows, f| {
+            f(&w[rows.start * k..rows.end * k])
+        });
     }
 }
 
