@@ -383,6 +383,34 @@ pub fn matmul_f16(
         assert_eq!(x.len(), n * k, "matmul_f16: x is not {n}x{k}");
         assert_eq!(y.len(), n * m, "matmul_f16: y is not {n}x{m}");
         let isa = Isa::detect();
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512 {
+            let yp = SyncPtr(y.as_mut_ptr());
+            let work = n * m * k;
+            let tasks = if pool.threads() == 1 || work < super::INLINE_WORK {
+                1
+            } else {
+                pool.threads() * 4
+            };
+            pool.run(tasks, &|task| {
+                let rows = super::task_rows(m, tasks, task);
+                // SAFETY: AVX-512 detected; w holds m*k f16 and x n*k floats (asserted above);
+                // this task owns columns `rows` of y (task_rows ranges are disjoint), and
+                // t*m + o < n*m = y.len().
+                unsafe {
+                    super::fp16_gemm::gemm_rows(
+                        w[rows.start * k..].as_ptr().cast::<u16>(),
+                        rows.len(),
+                        k,
+                        x.as_ptr(),
+                        n,
+                        yp.get().add(rows.start),
+                        m,
+                    )
+                }
+            });
+            return;
+        }
         gemm_pooled(m, k, x, n, y, pool, &|rows, f| {
             // Convert and multiply a cache-sized block at a time, in this thread's scratch.
             let chunk_rows = (CHUNK_ELEMS / k.max(1)).max(16);
@@ -464,6 +492,27 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn prefill_tiles_cover_ragged_rows_tokens_and_k_across_row_blocks() {
+        // k = 5000: row blocks of 24 rows (several per task), a 4-row tile tail of 1 row,
+        // a 6-token tile tail of 1 token and a k tail of 8.
+        let mut rng = Rng::new(9);
+        let (m, k, n) = (101, 5000, 7);
+        let w = random_f16(&mut rng, m * k);
+        let x = random_f32(&mut rng, n * k);
+        let xd: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+        let refs = reference(&to_f64(&w), m, k, &xd, n);
+        for threads in [1, 2, 3] {
+            let mut y = vec![f32::NAN; n * m];
+            matmul_f16(&w, m, k, &x, n, &mut y, &ThreadPool::new(threads));
+            check(
+                &y,
+                &refs,
+                &format!("matmul_f16 {n}x{m}x{k} threads {threads}"),
+            );
         }
     }
 

@@ -317,6 +317,9 @@ pub(super) unsafe fn gemm_xwt_raw(
     }
 }
 
+/// Hands a task's rows of W, as f32 blocks, to the multiply callback.
+pub(super) type RowBlocks<'a> = dyn Fn(std::ops::Range<usize>, &mut dyn FnMut(&[f32])) + Sync + 'a;
+
 /// Prefill on the pool: each task multiplies its own block of W's rows single-threaded
 /// (`block` prepares a block of rows as f32, e.g. converting f16). No second thread pool
 /// (rayon) competes with ours for the cores, and a converted block stays in its core's cache.
@@ -327,7 +330,7 @@ pub(super) fn gemm_pooled(
     n: usize,
     y: &mut [f32],
     pool: &ThreadPool,
-    block: &(dyn Fn(std::ops::Range<usize>, &mut dyn FnMut(&[f32])) + Sync),
+    block: &RowBlocks<'_>,
 ) {
     assert!(x.len() >= n * k && y.len() >= n * m);
     if n == 0 || m == 0 {

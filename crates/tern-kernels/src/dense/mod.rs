@@ -11,6 +11,8 @@
 //!   bit-identical results, like the ternary kernels.
 
 mod fp16;
+#[cfg(target_arch = "x86_64")]
+mod fp16_gemm;
 mod fp32;
 mod int8;
 
