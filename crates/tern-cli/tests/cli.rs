@@ -450,3 +450,71 @@ fn train_eval_export_convert_run_and_plot() {
     assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bench_model_reports_rows_roofline_and_a_profile_that_adds_up() {
+    let dir = fixture("bitnet_packed");
+    let (ok, out, err) = tern(&[
+        "bench",
+        "model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "4",
+        "--gen",
+        "4",
+        "--reps",
+        "1",
+        "--json",
+        "--profile",
+    ]);
+    assert!(ok, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert_eq!(rows[0]["test"], "pp4");
+    let tg = &rows[1];
+    assert_eq!(tg["test"], "tg4");
+    assert!(tg["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(tg["bytes_per_token"].as_u64().unwrap() > 0);
+    assert!(tg["roofline_fraction"].as_f64().unwrap() > 0.0);
+    // The profile: one line per phase, and the phases sum to the total it prints.
+    let phase_ms: Vec<f64> = out
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| phase") && !l.starts_with("| total"))
+        .map(|l| l.split('|').nth(2).unwrap().trim().parse().unwrap())
+        .collect();
+    assert_eq!(phase_ms.len(), 8, "{out}");
+    let total: f64 = out
+        .lines()
+        .find(|l| l.starts_with("| total"))
+        .and_then(|l| l.split('|').nth(2))
+        .map(|v| v.trim().parse().unwrap())
+        .expect("a total line");
+    // (Each value is rounded to 0.001 ms.)
+    assert!(
+        (phase_ms.iter().sum::<f64>() - total).abs() <= 0.01 * total + 0.005,
+        "{out}"
+    );
+    let shares: Vec<f64> = out
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.contains('%') && !l.starts_with("| phase"))
+        .map(|l| {
+            l.split('|')
+                .nth(3)
+                .unwrap()
+                .trim()
+                .trim_end_matches('%')
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(shares.len(), 8, "{out}");
+    assert!((shares.iter().sum::<f64>() - 100.0).abs() < 0.5, "{out}");
+    assert!(
+        shares[1] > 0.0 && shares[7] > 0.0,
+        "projections and head timed: {out}"
+    );
+}
