@@ -142,7 +142,7 @@ pub fn run(args: &Args) -> Result<()> {
         let read = test
             .strip_prefix("tg")
             .and_then(|n| n.parse().ok())
-            .map(|n| model.bytes_per_token() as f64 + kv_bytes_per_token(&model, n));
+            .map(|n| model.bytes_per_token() as f64 + kv_bytes_per_token(&state, n));
         let roofline = bandwidth.zip(read).map(|(b, read)| read * tps / 1e9 / b);
         if args.json {
             let mut o = serde_json::json!({
@@ -175,40 +175,32 @@ pub fn run(args: &Args) -> Result<()> {
         for _ in 0..n {
             tok = argmax(model.forward(&[tok], &mut state, Logits::Last, &pool)?);
         }
-        print_profile(&model, state.profile(), n, bandwidth);
+        print_profile(&model, &state, n, bandwidth);
         state.set_profiling(false);
     }
     Ok(())
 }
 
 /// Bytes of K and V a decode step reads, averaged over steps at positions `0..n`.
-fn kv_bytes_per_token(model: &Model, n: usize) -> f64 {
-    let c = &model.config;
-    let per_position = (c.num_layers * 2 * c.kv_dim() * std::mem::size_of::<f32>()) as f64;
-    per_position * (n + 1) as f64 / 2.0
+fn kv_bytes_per_token(state: &State, n: usize) -> f64 {
+    state.kv_bytes_per_position() as f64 * (n + 1) as f64 / 2.0
 }
 
 /// One line per phase: ms per token, share, and for projections the read bandwidth reached.
-fn print_profile(model: &Model, p: &tern_model::forward::Profile, n: usize, bw: Option<f64>) {
+fn print_profile(model: &Model, state: &State, n: usize, bw: Option<f64>) {
+    let p = state.profile();
     let sum = |f: &dyn Fn(&tern_model::Layer) -> usize| -> f64 {
         model.layers.iter().map(f).sum::<usize>() as f64
     };
-    let head = model.bytes_per_token() as f64
-        - sum(&|l| {
-            [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
-                .iter()
-                .map(|p| p.byte_len())
-                .sum()
-        });
     let bytes = [
         0.0,
         sum(&|l| l.q.byte_len() + l.k.byte_len() + l.v.byte_len()),
         0.0,
-        kv_bytes_per_token(model, n),
+        kv_bytes_per_token(state, n),
         sum(&|l| l.o.byte_len()),
         sum(&|l| l.gate.byte_len() + l.up.byte_len()),
         sum(&|l| l.down.byte_len()),
-        head,
+        model.head_bytes() as f64,
     ];
     let total: u64 = p.ns.iter().sum();
     println!("\nprofile of tg{n} (clock per phase; the phases add up to the whole step):");

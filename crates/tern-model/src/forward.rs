@@ -167,6 +167,10 @@ impl State {
     pub fn reset(&mut self) {
         self.pos = 0;
     }
+    /// Bytes of K and V cache one position holds (what attention reads per cached token).
+    pub fn kv_bytes_per_position(&self) -> usize {
+        (self.k_cache.len() + self.v_cache.len()) * std::mem::size_of::<f32>() / self.capacity
+    }
     /// Starts (and zeroes) or stops the per-phase profile.
     pub fn set_profiling(&mut self, on: bool) {
         self.profile = Profile {
@@ -298,11 +302,9 @@ impl Model {
                 for h in 0..c.num_kv_heads {
                     rope(&mut s.k[t * kvd + h * c.head_dim..][..c.head_dim], cos, sin);
                 }
-                // Cache layout [layer][kv head][position][head_dim]: one head's keys (and
-                // values) are one sequential stream for attention to read.
                 let hd = c.head_dim;
                 for h in 0..c.num_kv_heads {
-                    let at = ((li * c.num_kv_heads + h) * s.capacity + p) * hd;
+                    let at = kv_offset(c, s.capacity, li, h, p);
                     let from = t * kvd + h * hd;
                     s.k_cache[at..at + hd].copy_from_slice(&s.k[from..from + hd]);
                     s.v_cache[at..at + hd].copy_from_slice(&s.v[from..from + hd]);
@@ -469,10 +471,17 @@ fn gated_activation(act: Activation, gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// Where position `pos` of KV head `kv_head` in `layer` starts in the K and V caches, laid out
+/// `[layer][kv head][position][head_dim]`: one head's keys (and values) are one sequential
+/// stream for attention to read.
+fn kv_offset(c: &ModelConfig, capacity: usize, layer: usize, kv_head: usize, pos: usize) -> usize {
+    ((layer * c.num_kv_heads + kv_head) * capacity + pos) * c.head_dim
+}
+
 /// Causal GQA attention of the chunk's `n` queries (positions `pos - n .. pos` after the
 /// cache update, i.e. `s.pos + t`) against the cache, into `s.att`.
 fn attention(c: &ModelConfig, layer: usize, n: usize, s: &mut State, pool: &ThreadPool) {
-    let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
+    let (hd, qd) = (c.head_dim, c.q_dim());
     let group = c.gqa_group();
     let scale = 1.0 / (hd as f32).sqrt();
     let pairs = n * c.num_heads;
@@ -484,8 +493,7 @@ fn attention(c: &ModelConfig, layer: usize, n: usize, s: &mut State, pool: &Thre
         pool.threads().min(pairs).min(scratch_rows)
     };
     let base = s.pos;
-    let kc = &s.k_cache[layer * cap * kvd..(layer + 1) * cap * kvd];
-    let vc = &s.v_cache[layer * cap * kvd..(layer + 1) * cap * kvd];
+    let (kc, vc) = (&s.k_cache[..], &s.v_cache[..]);
     let q = &s.q;
     let att = SyncPtr(s.att.as_mut_ptr());
     let scores = SyncPtr(s.scores.as_mut_ptr());
@@ -500,7 +508,7 @@ fn attention(c: &ModelConfig, layer: usize, n: usize, s: &mut State, pool: &Thre
             // Head-major: a task's consecutive pairs reuse one head's keys and values.
             let (h, t) = (pair / n, pair % n);
             let len = base + t + 1;
-            let kvh = (h / group) * cap * hd;
+            let kvh = kv_offset(c, cap, layer, h / group, 0);
             // SAFETY: see above; (t, h) is this task's pair.
             let out = unsafe { std::slice::from_raw_parts_mut(att.get().add(t * qd + h * hd), hd) };
             let head = AttnHead {

@@ -84,22 +84,16 @@ impl Linear {
         ys: &mut [&mut [f32]],
         pool: &ThreadPool,
     ) {
-        fn packed<'a>(l: &&'a Linear) -> Option<&'a PackedTernary> {
-            match l {
-                Linear::Ternary(p) => Some(p),
-                _ => None,
-            }
-        }
-        if let (Some(first), true) = (ls.first().and_then(packed), ls.len() <= ternary::MANY_MAX) {
+        let all_ternary = ls.len() <= ternary::MANY_MAX && ls.iter().all(|l| l.is_ternary());
+        if let (true, Some(Linear::Ternary(first))) = (all_ternary, ls.first()) {
             // A fixed array, not a Vec: decode allocates nothing per token.
             let mut ws = [first; ternary::MANY_MAX];
-            if ls
-                .iter()
-                .zip(ws.iter_mut())
-                .all(|(l, w)| packed(l).map(|p| *w = p).is_some())
-            {
-                return ternary::matmul_many(&ws[..ls.len()], xq, ys, pool);
+            for (w, l) in ws.iter_mut().zip(ls) {
+                if let Linear::Ternary(p) = l {
+                    *w = p;
+                }
             }
+            return ternary::matmul_many(&ws[..ls.len()], xq, ys, pool);
         }
         for (l, y) in ls.iter().zip(ys.iter_mut()) {
             l.forward(x, xq, n, y, pool);
@@ -308,13 +302,17 @@ impl Model {
                     .sum::<usize>()
             })
             .sum();
-        let head = match &self.head {
+        proj + self.head_bytes() + self.embed.byte_len() / c.vocab_size.max(1)
+    }
+
+    /// Bytes the LM head reads per decoded token.
+    pub fn head_bytes(&self) -> usize {
+        match &self.head {
             Head::Tied => self.embed.byte_len(),
             Head::F16(w) => w.len() * 2,
             Head::F32(w) => w.len() * 4,
             Head::Int8(m) => m.rows * m.cols + m.rows * 4,
-        };
-        proj + head + self.embed.byte_len() / c.vocab_size.max(1)
+        }
     }
 
     pub fn head_type(&self) -> String {

@@ -1,10 +1,10 @@
 //! f16 weights with f32 activations and outputs: half the bytes of f32 per weight, converted to
 //! f32 in registers (`vcvtph2ps`) and accumulated in f32.
 
-use super::fp32::{dot_portable, gemm_pooled, gemm_xwt};
+use super::fp32::{dot_portable, gemm_xwt, gemm_xwt_raw};
 use super::{check_isa, run_rows};
 use crate::cpu::Isa;
-use crate::pool::{SyncPtr, ThreadPool};
+use crate::pool::ThreadPool;
 use half::f16;
 use std::cell::Cell;
 
@@ -81,12 +81,11 @@ fn rows_f16_portable(w: &[f16], k: usize, x: &[f32], y: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn rows_f16_avx512(w: &[f16], k: usize, x: &[f32], y: &mut [f32]) {
-    let m = y.len();
     let wp = w.as_ptr().cast::<u16>();
     // One row at a time: the rows are consecutive, so this is one sequential stream, which
     // measured 97% of the read probe at k = 1536-2560 against 73-80% for four interleaved
     // row streams (`examples`-style A/B on a 196 MB matrix, 2 threads).
-    for (o, yo) in y.iter_mut().enumerate().take(m) {
+    for (o, yo) in y.iter_mut().enumerate() {
         *yo = dot_rows_avx512::<1>(wp.add(o * k), k, x.as_ptr())[0];
     }
 }
@@ -303,21 +302,6 @@ thread_local! {
 /// loses about three decimal digits against the f32 GEMV; converting W is exact and costs
 /// O(m*k), small next to the O(n*m*k) product.
 pub fn gemm_f16(w: &[f16], m: usize, k: usize, x: &[f32], n: usize, y: &mut [f32], threads: usize) {
-    gemm(w, m, k, x, n, y, threads, None, Isa::detect());
-}
-
-#[allow(clippy::too_many_arguments)]
-fn gemm(
-    w: &[f16],
-    m: usize,
-    k: usize,
-    x: &[f32],
-    n: usize,
-    y: &mut [f32],
-    threads: usize,
-    pool: Option<&ThreadPool>,
-    isa: Isa,
-) {
     assert_eq!(w.len(), m * k, "gemm_f16: w is not {m}x{k}");
     assert_eq!(x.len(), n * k, "gemm_f16: x is not {n}x{k}");
     assert_eq!(y.len(), n * m, "gemm_f16: y is not {n}x{m}");
@@ -328,45 +312,34 @@ fn gemm(
         y.fill(0.0);
         return;
     }
-    let chunk_rows = (CHUNK_ELEMS / k).max(16).min(m);
+    f32_blocks(w, k, Isa::detect(), &mut |r0, buf| {
+        gemm_xwt(buf, buf.len() / k, k, x, n, &mut y[r0..], m, threads)
+    });
+}
+
+/// Hands `f(r0, block)` the rows of `w` (k > 0 wide) converted to f32 a cache-sized block at
+/// a time, `r0` being the block's first row, in this thread's reused scratch.
+fn f32_blocks(w: &[f16], k: usize, isa: Isa, f: &mut dyn FnMut(usize, &[f32])) {
+    let rows = w.len() / k;
+    let chunk_rows = (CHUNK_ELEMS / k).max(16).min(rows);
     // Taken out of the thread-local (not borrowed) so a re-entrant call cannot conflict.
     let mut scratch = SCRATCH.take();
     scratch.resize(scratch.len().max(chunk_rows * k), 0.0);
-    let mut m0 = 0;
-    while m0 < m {
-        let mb = chunk_rows.min(m - m0);
+    let mut r0 = 0;
+    while r0 < rows {
+        let mb = chunk_rows.min(rows - r0);
         let buf = &mut scratch[..mb * k];
-        convert_block(&w[m0 * k..(m0 + mb) * k], buf, pool, isa);
-        gemm_xwt(buf, mb, k, x, n, &mut y[m0..], m, threads);
-        m0 += mb;
+        f16_to_f32(&w[r0 * k..(r0 + mb) * k], buf, isa);
+        f(r0, buf);
+        r0 += mb;
     }
     if scratch.len() <= CHUNK_ELEMS {
         SCRATCH.set(scratch);
     }
 }
 
-/// f16 -> f32, split over the pool when there is one and the block is big enough.
-fn convert_block(src: &[f16], dst: &mut [f32], pool: Option<&ThreadPool>, isa: Isa) {
-    let len = src.len();
-    let tasks = pool.map_or(1, |p| super::task_count(len, p));
-    match pool {
-        Some(pool) if tasks > 1 => {
-            let dp = SyncPtr(dst.as_mut_ptr());
-            pool.run(tasks, &|task| {
-                let (lo, hi) = (len * task / tasks, len * (task + 1) / tasks);
-                // SAFETY: the ranges `lo..hi` of different tasks are disjoint and within
-                // `0..len == dst.len()`; `dst` is exclusively borrowed until `pool.run` returns,
-                // after every task.
-                let d = unsafe { std::slice::from_raw_parts_mut(dp.get().add(lo), hi - lo) };
-                f16_to_f32(&src[lo..hi], d, isa);
-            });
-        }
-        _ => f16_to_f32(src, dst, isa),
-    }
-}
-
-/// `y[n][m] = x[n][k] * W^T` with f16 weights: our GEMV for one token, `gemm` for more (the
-/// f16 -> f32 conversion runs on `pool`, the product on `pool.threads()` gemm threads).
+/// `y[n][m] = x[n][k] * W^T` with f16 weights on `pool`: our GEMV for one token; for more, our
+/// AVX-512 micro-kernel (`fp16_gemm`), or elsewhere blocks of W converted to f32 for `gemm`.
 pub fn matmul_f16(
     w: &[f16],
     m: usize,
@@ -383,48 +356,42 @@ pub fn matmul_f16(
         assert_eq!(x.len(), n * k, "matmul_f16: x is not {n}x{k}");
         assert_eq!(y.len(), n * m, "matmul_f16: y is not {n}x{m}");
         let isa = Isa::detect();
+        // SAFETY (both closures): rows `cols` of w and all n*k of x are in bounds (asserted
+        // above); this task owns columns `cols` of y, which `y_at` points into (see
+        // `run_columns`); on the AVX-512 path the CPU has AVX-512 (detected).
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Avx512 {
-            let yp = SyncPtr(y.as_mut_ptr());
-            let work = n * m * k;
-            let tasks = if pool.threads() == 1 || work < super::INLINE_WORK {
-                1
-            } else {
-                pool.threads() * 4
-            };
-            pool.run(tasks, &|task| {
-                let rows = super::task_rows(m, tasks, task);
-                // SAFETY: AVX-512 detected; w holds m*k f16 and x n*k floats (asserted above);
-                // this task owns columns `rows` of y (task_rows ranges are disjoint), and
-                // t*m + o < n*m = y.len().
-                unsafe {
-                    super::fp16_gemm::gemm_rows(
-                        w[rows.start * k..].as_ptr().cast::<u16>(),
-                        rows.len(),
-                        k,
-                        x.as_ptr(),
-                        n,
-                        yp.get().add(rows.start),
-                        m,
-                    )
-                }
+            super::run_columns((n, m, k), 4, y, pool, &|cols, y_at| unsafe {
+                super::fp16_gemm::gemm_rows(
+                    w[cols.start * k..].as_ptr().cast::<u16>(),
+                    cols.len(),
+                    k,
+                    x.as_ptr(),
+                    n,
+                    y_at.get(),
+                    m,
+                )
             });
             return;
         }
-        gemm_pooled(m, k, x, n, y, pool, &|rows, f| {
-            // Convert and multiply a cache-sized block at a time, in this thread's scratch.
-            let chunk_rows = (CHUNK_ELEMS / k.max(1)).max(16);
-            let mut scratch = SCRATCH.take();
-            let mut r = rows.start;
-            while r < rows.end {
-                let mb = chunk_rows.min(rows.end - r);
-                scratch.resize(scratch.len().max(mb * k), 0.0);
-                let buf = &mut scratch[..mb * k];
-                f16_to_f32(&w[r * k..(r + mb) * k], buf, isa);
-                f(buf);
-                r += mb;
-            }
-            SCRATCH.set(scratch);
+        super::run_columns((n, m, k), 2, y, pool, &|cols, y_at| {
+            f32_blocks(
+                &w[cols.start * k..cols.end * k],
+                k,
+                isa,
+                &mut |r0, buf| unsafe {
+                    gemm_xwt_raw(
+                        buf.as_ptr(),
+                        buf.len() / k,
+                        k,
+                        x.as_ptr(),
+                        n,
+                        y_at.get().add(r0),
+                        m,
+                        1,
+                    )
+                },
+            );
         });
     }
 }

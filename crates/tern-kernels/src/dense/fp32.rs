@@ -2,7 +2,7 @@
 
 use super::{check_isa, run_rows};
 use crate::cpu::Isa;
-use crate::pool::{SyncPtr, ThreadPool};
+use crate::pool::ThreadPool;
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -317,51 +317,6 @@ pub(super) unsafe fn gemm_xwt_raw(
     }
 }
 
-/// Hands a task's rows of W, as f32 blocks, to the multiply callback.
-pub(super) type RowBlocks<'a> = dyn Fn(std::ops::Range<usize>, &mut dyn FnMut(&[f32])) + Sync + 'a;
-
-/// Prefill on the pool: each task multiplies its own block of W's rows single-threaded
-/// (`block` prepares a block of rows as f32, e.g. converting f16). No second thread pool
-/// (rayon) competes with ours for the cores, and a converted block stays in its core's cache.
-pub(super) fn gemm_pooled(
-    m: usize,
-    k: usize,
-    x: &[f32],
-    n: usize,
-    y: &mut [f32],
-    pool: &ThreadPool,
-    block: &RowBlocks<'_>,
-) {
-    assert!(x.len() >= n * k && y.len() >= n * m);
-    if n == 0 || m == 0 {
-        return;
-    }
-    if k == 0 {
-        y[..n * m].fill(0.0);
-        return;
-    }
-    // Two tasks per thread: a thread the OS delays holds up a quarter, not half, of the call.
-    let tasks = if pool.threads() == 1 || n * m * k < super::INLINE_WORK {
-        1
-    } else {
-        pool.threads() * 2
-    };
-    let yp = SyncPtr(y.as_mut_ptr());
-    pool.run(tasks, &|task| {
-        let rows = super::task_rows(m, tasks, task);
-        if rows.is_empty() {
-            return;
-        }
-        let o0 = rows.start;
-        block(rows, &mut |wf: &[f32]| {
-            let mb = wf.len() / k;
-            // SAFETY: `wf` holds `mb` rows of k floats; x holds n*k (asserted); this task owns
-            // columns o0..o0+mb of y (task_rows ranges are disjoint), at t*m + o < n*m <= y.len().
-            unsafe { gemm_xwt_raw(wf.as_ptr(), mb, k, x.as_ptr(), n, yp.get().add(o0), m, 1) }
-        });
-    });
-}
-
 /// `y[n][m] = x[n][k] * W^T`: our GEMV for one token (decode), `gemm` for more (prefill).
 pub fn matmul_f32(
     w: &[f32],
@@ -378,8 +333,22 @@ pub fn matmul_f32(
         assert_eq!(w.len(), m * k, "matmul_f32: w is not {m}x{k}");
         assert_eq!(x.len(), n * k, "matmul_f32: x is not {n}x{k}");
         assert_eq!(y.len(), n * m, "matmul_f32: y is not {n}x{m}");
-        gemm_pooled(m, k, x, n, y, pool, &|rows, f| {
-            f(&w[rows.start * k..rows.end * k])
+        // Two tasks per thread: a thread the OS delays holds up a quarter, not half, of it.
+        super::run_columns((n, m, k), 2, y, pool, &|cols, y_at| {
+            // SAFETY: rows `cols` of w and all n*k of x are in bounds (asserted above); this
+            // task owns columns `cols` of y, which `y_at` points into (see `run_columns`).
+            unsafe {
+                gemm_xwt_raw(
+                    w[cols.start * k..].as_ptr(),
+                    cols.len(),
+                    k,
+                    x.as_ptr(),
+                    n,
+                    y_at.get(),
+                    m,
+                    1,
+                )
+            }
         });
     }
 }

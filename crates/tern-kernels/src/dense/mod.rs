@@ -89,6 +89,44 @@ fn run_rows(
     });
 }
 
+/// Prefill (`n > 1` tokens) on the pool: `f(cols, y_at)` computes output columns `cols` for
+/// every token, writing `y[t * m + o]` as `y_at.add(t * m + o - cols.start)`. Tasks own
+/// disjoint column ranges and each multiplies its own rows of W single-threaded, so no second
+/// thread pool (such as `gemm`'s rayon one) competes with ours for the cores.
+/// Handles the empty shapes (`k == 0` gives zeros) before calling `f`.
+fn run_columns(
+    (n, m, k): (usize, usize, usize),
+    tasks_per_thread: usize,
+    y: &mut [f32],
+    pool: &ThreadPool,
+    f: &(dyn Fn(Range<usize>, SyncPtr<f32>) + Sync),
+) {
+    assert!(y.len() >= n * m, "dense prefill: y is shorter than {n}x{m}");
+    if n == 0 || m == 0 {
+        return;
+    }
+    if k == 0 {
+        y[..n * m].fill(0.0);
+        return;
+    }
+    let tasks = if pool.threads() == 1 || n * m * k < INLINE_WORK {
+        1
+    } else {
+        pool.threads() * tasks_per_thread
+    };
+    let yp = SyncPtr(y.as_mut_ptr());
+    pool.run(tasks, &|task| {
+        let cols = task_rows(m, tasks, task);
+        if cols.is_empty() {
+            return;
+        }
+        // SAFETY: cols.start < m <= y.len(), so the pointer stays inside `y`, which is borrowed
+        // mutably until `pool.run` returns after every task.
+        let at = SyncPtr(unsafe { yp.get().add(cols.start) });
+        f(cols, at);
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

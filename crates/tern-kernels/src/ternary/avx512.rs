@@ -15,9 +15,6 @@
 use super::{Job, Layout, BLOCK_BYTES, GROUP_ROWS};
 use std::arch::x86_64::*;
 
-/// Groups per decode tile (see the module docs).
-const DECODE_G: usize = 1;
-
 /// Tokens per tile for GEMM.
 const T_GEMM: usize = 8;
 
@@ -34,18 +31,14 @@ pub(crate) unsafe fn run(job: &Job) {
         Layout::Tern2 => dispatch::<false>(job, g, gs, t, ts),
         Layout::Tern3 => dispatch::<true>(job, g, gs, t, ts),
     };
-    let mut g = start;
     if n == 1 {
-        while g + DECODE_G <= end {
-            tile(g, DECODE_G, 0, 1);
-            g += DECODE_G;
-        }
-        while g < end {
+        // One group at a time (see the module docs).
+        for g in start..end {
             tile(g, 1, 0, 1);
-            g += 1;
         }
         return;
     }
+    let mut g = start;
     while g < end {
         let gs = if g + 2 <= end { 2 } else { 1 };
         let mut t = 0;
@@ -64,12 +57,12 @@ unsafe fn dispatch<const B3: bool>(job: &Job, g: usize, gs: usize, t: usize, ts:
     macro_rules! go {
         ($($gs:literal, $ts:literal);*) => {
             match (gs, ts) {
-                $(($gs, $ts) => tile::<B3, $gs, $ts, { if $ts == 1 { if $gs == 1 { 4 } else { 2 } } else { 1 } }>(job, g, t),)*
+                $(($gs, $ts) => tile::<B3, $gs, $ts, { if $ts == 1 { 4 / $gs } else { 1 } }>(job, g, t),)*
                 _ => unreachable!("tile {gs}x{ts}"),
             }
         };
     }
-    go!(4,1; 1,1; 2,1; 2,2; 2,3; 2,4; 2,5; 2,6; 2,7; 2,8; 1,2; 1,3; 1,4; 1,5; 1,6; 1,7; 1,8)
+    go!(1,1; 2,1; 2,2; 2,3; 2,4; 2,5; 2,6; 2,7; 2,8; 1,2; 1,3; 1,4; 1,5; 1,6; 1,7; 1,8)
 }
 
 /// Codes of plane `i` of a tern2 block (`p >> 2i & 3`).
@@ -117,8 +110,9 @@ unsafe fn tile<const B3: bool, const G: usize, const T: usize, const P: usize>(
         .as_ptr()
         .add(g0 * blocks * BLOCK_BYTES);
     let xbase = job.x.bytes().as_ptr().add(t0 * stride);
-    // P accumulators per (group, token): plane i adds into number i % P, so decode (T = 1)
-    // runs P independent dpbusd chains per group instead of one latency-bound chain.
+    // P accumulators per (group, token): plane i adds into number i % P, so a one-token tile
+    // runs P independent dpbusd chains per group instead of one latency-bound chain (the
+    // dispatch gives one-token tiles 4 / G of them).
     let mut acc = [[[_mm512_setzero_si512(); P]; T]; G];
     for b in 0..blocks {
         let mut p = [_mm512_setzero_si512(); G];

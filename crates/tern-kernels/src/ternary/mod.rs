@@ -321,7 +321,7 @@ pub fn matmul_many_with(
     let mut outs = [SyncPtr(std::ptr::null_mut()); MANY_MAX];
     // First global group of each matrix; the last entry is the total.
     let mut starts = [0usize; MANY_MAX + 1];
-    let mut blocks = 0;
+    let mut work = 0;
     for (i, (w, y)) in ws.iter().zip(ys.iter_mut()).enumerate() {
         assert_eq!(
             x.k, w.cols,
@@ -338,7 +338,7 @@ pub fn matmul_many_with(
         );
         outs[i] = SyncPtr(y.as_mut_ptr());
         starts[i + 1] = starts[i] + w.groups();
-        blocks = w.blocks();
+        work += w.groups() * w.blocks() * x.n;
     }
     let groups = starts[ws.len()];
     if groups == 0 || x.n == 0 {
@@ -347,7 +347,6 @@ pub fn matmul_many_with(
     // Tasks are runs of whole groups, four per thread: runs stay long enough to stream
     // (hundreds of KB at decode shapes), and a thread the OS delays holds up only a small
     // share of the call instead of half of it.
-    let work = groups * blocks * x.n;
     let tasks = if pool.threads() == 1 || work < 2048 {
         1
     } else {
