@@ -11,9 +11,7 @@ use crate::vocab;
 use half::{bf16, f16};
 use safetensors::Dtype;
 use std::path::Path;
-use tern_kernels::formats::hf as hf_packed;
-use tern_kernels::TernaryMatrix;
-use tern_model::hf::{self, HfQuant, ScaleConvention, Tensor, Weights};
+use tern_model::hf::{self, HfQuant, Tensor, Weights};
 
 pub struct HfSource {
     info: ModelInfo,
@@ -122,55 +120,22 @@ impl HfSource {
     }
 
     fn proj(&self, name: &str, rows: usize, cols: usize) -> Result<Proj, ConvertError> {
-        let t = self.weights.get(name)?;
-        let dims = format!("{rows}x{cols} from config.json");
-        let kernel = |e: tern_kernels::KernelError| ConvertError::from(t.err(e.to_string()));
-        Ok(match self.quant {
+        let packed = match self.quant {
+            HfQuant::Absmean => None,
+            HfQuant::Packed(convention) => Some(convention),
             HfQuant::Dense => {
-                t.expect_shape(&[rows, cols], &dims)?;
-                Proj::Dense(float_tensor(&t, rows, cols)?)
+                let t = self.weights.get(name)?;
+                t.expect_shape(&[rows, cols], &format!("{rows}x{cols} from config.json"))?;
+                return Ok(Proj::Dense(float_tensor(&t, rows, cols)?));
             }
-            HfQuant::Absmean => {
-                if !t.is_float() {
-                    return Err(t
-                        .err(format!(
-                            "dtype {:?}, expected float latent weights (F32, F16, BF16)",
-                            t.dtype
-                        ))
-                        .into());
-                }
-                t.expect_shape(&[rows, cols], &dims)?;
-                Proj::Ternary(
-                    TernaryMatrix::quantize_absmean(rows, cols, &t.to_f32()?).map_err(kernel)?,
-                )
-            }
-            HfQuant::Packed(convention) => {
-                if t.dtype != Dtype::U8 {
-                    return Err(t
-                        .err(format!(
-                            "dtype {:?}, expected U8 (packed ternary, as quantization_mode \
-                             \"offline\" says)",
-                            t.dtype
-                        ))
-                        .into());
-                }
-                t.expect_shape(
-                    &[hf_packed::packed_rows(rows), cols],
-                    &format!("{rows}x{cols} packed 4 rows per byte"),
-                )?;
-                let scale_name = format!("{name}_scale");
-                let s = self.weights.get(&scale_name)?;
-                let scale = s.scalar()?;
-                if scale <= 0.0 {
-                    return Err(s.err(format!("{scale} is not a positive scale")).into());
-                }
-                let gamma = match convention {
-                    ScaleConvention::Multiplier => scale,
-                    ScaleConvention::Divisor => 1.0 / scale,
-                };
-                Proj::Ternary(hf_packed::unpack(t.data, rows, cols, gamma).map_err(kernel)?)
-            }
-        })
+        };
+        Ok(Proj::Ternary(hf::ternary_projection(
+            &self.weights,
+            packed,
+            name,
+            rows,
+            cols,
+        )?))
     }
 }
 

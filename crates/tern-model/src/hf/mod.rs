@@ -203,6 +203,62 @@ struct Loader<'a> {
     weights: &'a Weights,
 }
 
+/// The ternary matrix of projection `name` (`[rows (out)][cols (in)]`) of a ternary
+/// checkpoint: absmean of its float latent weights (`packed: None`, [`HfQuant::Absmean`]), or
+/// its packed uint8 values with `{name}_scale` ([`HfQuant::Packed`]). Shared with `tern convert`, so a converted file holds exactly what the
+/// engine runs. Errors name the tensor and what was expected.
+pub fn ternary_projection(
+    weights: &Weights,
+    packed: Option<ScaleConvention>,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<TernaryMatrix, ModelError> {
+    let t = weights.get(name)?;
+    let kernel = |e: tern_kernels::KernelError| t.err(e.to_string());
+    match packed {
+        None => {
+            if !t.is_float() {
+                return Err(t.err(format!(
+                    "dtype {:?}, expected float latent weights (F32, F16, BF16){}",
+                    t.dtype,
+                    if t.dtype == Dtype::U8 {
+                        ": packed weights need quantization_mode \"offline\""
+                    } else {
+                        ""
+                    }
+                )));
+            }
+            t.expect_shape(&[rows, cols], &format!("{rows}x{cols} from config.json"))?;
+            TernaryMatrix::quantize_absmean(rows, cols, &t.to_f32()?).map_err(kernel)
+        }
+        Some(convention) => {
+            if t.dtype != Dtype::U8 {
+                return Err(t.err(format!(
+                    "dtype {:?}, expected U8 (packed ternary, as quantization_mode \
+                     \"offline\" says)",
+                    t.dtype
+                )));
+            }
+            t.expect_shape(
+                &[hf_packed::packed_rows(rows), cols],
+                &format!("{rows}x{cols} packed 4 rows per byte"),
+            )?;
+            let scale_name = format!("{name}_scale");
+            let s = weights.get(&scale_name)?;
+            let scale = s.scalar()?;
+            if scale <= 0.0 {
+                return Err(s.err(format!("{scale} is not a positive scale")));
+            }
+            let gamma = match convention {
+                ScaleConvention::Multiplier => scale,
+                ScaleConvention::Divisor => 1.0 / scale,
+            };
+            hf_packed::unpack(t.data, rows, cols, gamma).map_err(kernel)
+        }
+    }
+}
+
 impl Loader<'_> {
     fn layers(&self) -> Result<Vec<Layer>, ModelError> {
         crate::model::load_layers(self.c.num_layers, |i| self.layer(i))
@@ -260,12 +316,12 @@ impl Loader<'_> {
 
     /// One projection `[rows (out)][cols (in)]` in the form `self.quant` prescribes.
     fn linear(&self, name: &str, rows: usize, cols: usize) -> Result<Linear, ModelError> {
-        let t = self.weights.get(name)?;
-        let dims = format!("{rows}x{cols} from config.json");
-        let kernel = |e: tern_kernels::KernelError| t.err(e.to_string());
-        let matrix = match self.quant {
+        let packed = match self.quant {
+            HfQuant::Absmean => None,
+            HfQuant::Packed(convention) => Some(convention),
             HfQuant::Dense => {
-                t.expect_shape(&[rows, cols], &dims)?;
+                let t = self.weights.get(name)?;
+                t.expect_shape(&[rows, cols], &format!("{rows}x{cols} from config.json"))?;
                 return Ok(match t.dtype {
                     Dtype::F32 | Dtype::F64 => Linear::F32 {
                         w: t.to_f32()?,
@@ -279,46 +335,8 @@ impl Loader<'_> {
                     },
                 });
             }
-            HfQuant::Absmean => {
-                if !t.is_float() {
-                    return Err(t.err(format!(
-                        "dtype {:?}, expected float latent weights (F32, F16, BF16){}",
-                        t.dtype,
-                        if t.dtype == Dtype::U8 {
-                            ": packed weights need quantization_mode \"offline\""
-                        } else {
-                            ""
-                        }
-                    )));
-                }
-                t.expect_shape(&[rows, cols], &dims)?;
-                TernaryMatrix::quantize_absmean(rows, cols, &t.to_f32()?).map_err(kernel)?
-            }
-            HfQuant::Packed(convention) => {
-                if t.dtype != Dtype::U8 {
-                    return Err(t.err(format!(
-                        "dtype {:?}, expected U8 (packed ternary, as quantization_mode \
-                         \"offline\" says)",
-                        t.dtype
-                    )));
-                }
-                t.expect_shape(
-                    &[hf_packed::packed_rows(rows), cols],
-                    &format!("{rows}x{cols} packed 4 rows per byte"),
-                )?;
-                let scale_name = format!("{name}_scale");
-                let s = self.weights.get(&scale_name)?;
-                let scale = s.scalar()?;
-                if scale <= 0.0 {
-                    return Err(s.err(format!("{scale} is not a positive scale")));
-                }
-                let gamma = match convention {
-                    ScaleConvention::Multiplier => scale,
-                    ScaleConvention::Divisor => 1.0 / scale,
-                };
-                hf_packed::unpack(t.data, rows, cols, gamma).map_err(kernel)?
-            }
         };
+        let matrix = ternary_projection(self.weights, packed, name, rows, cols)?;
         Ok(Linear::Ternary(PackedTernary::pack(&matrix, self.layout)))
     }
 }
