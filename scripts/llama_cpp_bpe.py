@@ -22,7 +22,6 @@ gpt-2,mpt,qwen2,qwen35,starcoder,refact,command-r,falcon,deepseek-llm,deepseek-c
 Needs gguf-py and a C++17 compiler (`CXX`, default g++).
 """
 
-import json
 import os
 import re
 import subprocess
@@ -94,62 +93,7 @@ struct llama_vocab {
 // ---- verbatim from llama.cpp src/llama-vocab.cpp ----
 """
 
-MAIN = r"""
-// ---- end of the verbatim part ----
-
-// llama_vocab::impl::tokenizer_st_partition with parse_special = false: user-defined tokens
-// (type 4), longest first, are split out of the raw text before tokenization; a token with
-// the RSTRIP attribute also takes the whitespace after it. (llama.cpp sets LSTRIP/RSTRIP
-// only for a few models by name; `rstrip` holds Phi-3's rule when it applies.)
-struct Frag { bool is_token; llama_token id; std::string text; };
-static std::vector<Frag> partition(const std::string & raw, const std::vector<std::string> & tokens,
-                                   const std::vector<int> & types, const std::vector<bool> & rstrip) {
-    std::vector<llama_token> special;
-    for (size_t i = 0; i < tokens.size(); ++i) if (types[i] == 4) special.push_back((llama_token) i);
-    std::stable_sort(special.begin(), special.end(), [&](llama_token a, llama_token b) {
-        return tokens[a].size() > tokens[b].size();
-    });
-    std::vector<Frag> frags;
-    if (!raw.empty()) frags.push_back({ false, LLAMA_TOKEN_NULL, raw });
-    for (llama_token id : special) {
-        const std::string & t = tokens[id];
-        std::vector<Frag> next;
-        for (const auto & f : frags) {
-            if (f.is_token) { next.push_back(f); continue; }
-            size_t pos = 0;
-            while (true) {
-                size_t m = f.text.find(t, pos);
-                if (m == std::string::npos) {
-                    if (pos < f.text.size()) next.push_back({ false, LLAMA_TOKEN_NULL, f.text.substr(pos) });
-                    break;
-                }
-                if (m > pos) next.push_back({ false, LLAMA_TOKEN_NULL, f.text.substr(pos, m - pos) });
-                next.push_back({ true, id, "" });
-                pos = m + t.size();
-                if (rstrip[id]) {
-                    while (pos < f.text.size() && isspace((unsigned char) f.text[pos])) pos++;
-                }
-            }
-        }
-        frags = next;
-    }
-    return frags;
-}
-
-static std::vector<std::string> split_nul(const std::string & all) {
-    std::vector<std::string> out;
-    size_t start = 0;
-    for (size_t i = 0; i < all.size(); ++i) {
-        if (all[i] == '\0') { out.push_back(all.substr(start, i - start)); start = i + 1; }
-    }
-    return out;
-}
-
-static std::string slurp(const char * path) {
-    std::ifstream in(path, std::ios::binary);
-    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
+MAIN = llama_cpp_pretok.CPP_AFTER_VERBATIM + r"""
 // argv: tokens (NUL-separated), merges (NUL-separated), pre_type, ignore_merges, texts,
 // token types (one per line).
 int main(int argc, char ** argv) {
@@ -230,29 +174,16 @@ def main():
         "vocabs": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
-        driver = os.path.join(tmp, "bpe.cpp")
-        with open(driver, "w", encoding="utf-8") as f:
-            f.write(HEAD % {"pre_enum": enum} + verbatim + MAIN)
-        exe = os.path.join(tmp, "bpe")
-        cxx = os.environ.get("CXX", "g++")
-        subprocess.run(
-            [cxx, "-std=c++17", "-O1", "-I", src, driver,
-             os.path.join(src, "unicode.cpp"), os.path.join(src, "unicode-data.cpp"), "-o", exe],
-            check=True,
-        )
+        exe = llama_cpp_pretok.compile_driver(src, tmp, "bpe", HEAD % {"pre_enum": enum} + verbatim + MAIN)
         texts_path = os.path.join(tmp, "texts.bin")
-        with open(texts_path, "wb") as g:
-            for t in texts:
-                g.write(t.encode("utf-8") + b"\0")
+        llama_cpp_pretok.write_nul(texts_path, texts)
         for path in vocabs:
             name = os.path.basename(path)[len("ggml-vocab-"):-len(".gguf")]
             f = GGUFReader(path).fields
             pre = f["tokenizer.ggml.pre"].contents()
             value, ignore = settings[pre]
             for key, fname in (("tokenizer.ggml.tokens", "tokens.bin"), ("tokenizer.ggml.merges", "merges.bin")):
-                with open(os.path.join(tmp, fname), "wb") as g:
-                    for i in f[key].data:
-                        g.write(bytes(f[key].parts[i]) + b"\0")
+                llama_cpp_pretok.write_nul(os.path.join(tmp, fname), (f[key].parts[i] for i in f[key].data))
             with open(os.path.join(tmp, "types.txt"), "w") as g:
                 t = f["tokenizer.ggml.token_type"]
                 g.write("\n".join(str(int(t.parts[i][0])) for i in t.data) + "\n")
@@ -265,9 +196,7 @@ def main():
             assert len(ids) == len(texts), name
             doc["vocabs"][name] = {"pre": pre, "ignore_merges": ignore, "ids": ids}
             print(f"{name} ({pre}, ignore_merges={ignore}): {len(texts)} texts")
-    with open(out_path, "w", encoding="utf-8") as g:
-        json.dump(doc, g, ensure_ascii=True, separators=(",", ":"))
-        g.write("\n")
+    llama_cpp_pretok.write_json(doc, out_path)
 
 
 if __name__ == "__main__":

@@ -167,6 +167,97 @@ int main(int argc, char ** argv) {
 """
 
 
+# C++ shared by the tokenizer drivers (llama_cpp_bpe.py, llama_cpp_spm.py), placed after the
+# code they copy verbatim from llama-vocab.cpp: the transcription of tokenizer_st_partition
+# and the file readers their main()s use.
+CPP_AFTER_VERBATIM = r"""
+// ---- end of the verbatim part ----
+
+// llama_vocab::impl::tokenizer_st_partition with parse_special = false: user-defined tokens
+// (type 4), longest first, are split out of the raw text before tokenization; a token with
+// the RSTRIP attribute also takes the whitespace after it. (llama.cpp sets LSTRIP/RSTRIP
+// only for a few models by name; `rstrip` holds Phi-3's rule when it applies.)
+struct Frag { bool is_token; llama_token id; std::string text; };
+static std::vector<Frag> partition(const std::string & raw, const std::vector<std::string> & tokens,
+                                   const std::vector<int> & types, const std::vector<bool> & rstrip) {
+    std::vector<llama_token> special;
+    for (size_t i = 0; i < tokens.size(); ++i) if (types[i] == 4) special.push_back((llama_token) i);
+    std::stable_sort(special.begin(), special.end(), [&](llama_token a, llama_token b) {
+        return tokens[a].size() > tokens[b].size();
+    });
+    std::vector<Frag> frags;
+    if (!raw.empty()) frags.push_back({ false, LLAMA_TOKEN_NULL, raw });
+    for (llama_token id : special) {
+        const std::string & t = tokens[id];
+        std::vector<Frag> next;
+        for (const auto & f : frags) {
+            if (f.is_token) { next.push_back(f); continue; }
+            size_t pos = 0;
+            while (true) {
+                size_t m = f.text.find(t, pos);
+                if (m == std::string::npos) {
+                    if (pos < f.text.size()) next.push_back({ false, LLAMA_TOKEN_NULL, f.text.substr(pos) });
+                    break;
+                }
+                if (m > pos) next.push_back({ false, LLAMA_TOKEN_NULL, f.text.substr(pos, m - pos) });
+                next.push_back({ true, id, "" });
+                pos = m + t.size();
+                if (rstrip[id]) {
+                    while (pos < f.text.size() && isspace((unsigned char) f.text[pos])) pos++;
+                }
+            }
+        }
+        frags = next;
+    }
+    return frags;
+}
+
+static std::vector<std::string> split_nul(const std::string & all) {
+    std::vector<std::string> out;
+    size_t start = 0;
+    for (size_t i = 0; i < all.size(); ++i) {
+        if (all[i] == '\0') { out.push_back(all.substr(start, i - start)); start = i + 1; }
+    }
+    return out;
+}
+
+static std::string slurp(const char * path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+"""
+
+
+def compile_driver(src, tmp, name, code):
+    """Writes `code` to tmp/name.cpp, compiles it with llama.cpp's unicode tables from `src`
+    (its `src` directory) and returns the executable's path."""
+    driver = os.path.join(tmp, name + ".cpp")
+    with open(driver, "w", encoding="utf-8") as f:
+        f.write(code)
+    exe = os.path.join(tmp, name)
+    cxx = os.environ.get("CXX", "g++")
+    subprocess.run(
+        [cxx, "-std=c++17", "-O1", "-I", src, driver,
+         os.path.join(src, "unicode.cpp"), os.path.join(src, "unicode-data.cpp"), "-o", exe],
+        check=True,
+    )
+    return exe
+
+
+def write_nul(path, items):
+    """Writes strings (UTF-8) or bytes, each followed by a NUL, as the drivers' `split_nul` reads."""
+    with open(path, "wb") as f:
+        for x in items:
+            f.write((x.encode("utf-8") if isinstance(x, str) else bytes(x)) + b"\0")
+
+
+def write_json(doc, path):
+    """The fixtures' JSON form: ASCII, no spaces, one trailing newline."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(doc, f, ensure_ascii=True, separators=(",", ":"))
+        f.write("\n")
+
+
 def texts():
     """Deterministic texts mixing everything the regexes distinguish."""
     rng = random.Random(20261128)
@@ -236,21 +327,10 @@ def main():
     rows = ['    { "%s", %s },' % (ty, regexes[ty]) for ty in used]
     all_texts = texts()
     with tempfile.TemporaryDirectory() as tmp:
-        driver = os.path.join(tmp, "pretok.cpp")
-        with open(driver, "w", encoding="utf-8") as f:
-            f.write(DRIVER % "\n".join(rows))
-        exe = os.path.join(tmp, "pretok")
         src = os.path.join(llama_dir, "src")
-        cxx = os.environ.get("CXX", "g++")
-        subprocess.run(
-            [cxx, "-std=c++17", "-O1", "-I", src, driver,
-             os.path.join(src, "unicode.cpp"), os.path.join(src, "unicode-data.cpp"), "-o", exe],
-            check=True,
-        )
+        exe = compile_driver(src, tmp, "pretok", DRIVER % "\n".join(rows))
         texts_path = os.path.join(tmp, "texts.bin")
-        with open(texts_path, "wb") as f:
-            for t in all_texts:
-                f.write(t.encode("utf-8") + b"\0")
+        write_nul(texts_path, all_texts)
         lines = subprocess.run([exe, texts_path], check=True, capture_output=True).stdout
     splits = {ty: [] for ty in used}
     for line in lines.decode().splitlines():
@@ -269,9 +349,7 @@ def main():
         "texts": all_texts,
         "splits": splits,
     }
-    with open(out_path, "w", encoding="utf-8") as f:
-        json.dump(doc, f, ensure_ascii=True, separators=(",", ":"))
-        f.write("\n")
+    write_json(doc, out_path)
     print(f"{out_path}: {len(NAMES)} names, {len(used)} regex lists, {len(all_texts)} texts")
 
 

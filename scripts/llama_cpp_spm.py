@@ -24,7 +24,6 @@ llama.cpp copy in the llama-cpp-python 0.3.36 sdist with
 Needs gguf-py (`pip install gguf`) and a C++17 compiler (`CXX`, default g++).
 """
 
-import json
 import os
 import random
 import subprocess
@@ -33,6 +32,9 @@ import tempfile
 import unicodedata
 
 from gguf import GGUFReader
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import llama_cpp_pretok  # noqa: E402  (shared C++ helpers and file writers)
 
 DRIVER_HEAD = r"""
 #include "unicode.h"
@@ -80,62 +82,7 @@ struct llama_vocab {
 // ---- verbatim from llama.cpp src/llama-vocab.cpp ----
 """
 
-DRIVER_MAIN = r"""
-// ---- end of the verbatim part ----
-
-// llama_vocab::impl::tokenizer_st_partition with parse_special = false: user-defined tokens
-// (type 4), longest first, are split out of the raw text before tokenization; a token with
-// the RSTRIP attribute also takes the whitespace after it. (llama.cpp sets LSTRIP/RSTRIP
-// only for a few models by name; `rstrip` holds Phi-3's rule when it applies.)
-struct Frag { bool is_token; llama_token id; std::string text; };
-static std::vector<Frag> partition(const std::string & raw, const std::vector<std::string> & tokens,
-                                   const std::vector<int> & types, const std::vector<bool> & rstrip) {
-    std::vector<llama_token> special;
-    for (size_t i = 0; i < tokens.size(); ++i) if (types[i] == 4) special.push_back((llama_token) i);
-    std::stable_sort(special.begin(), special.end(), [&](llama_token a, llama_token b) {
-        return tokens[a].size() > tokens[b].size();
-    });
-    std::vector<Frag> frags;
-    if (!raw.empty()) frags.push_back({ false, LLAMA_TOKEN_NULL, raw });
-    for (llama_token id : special) {
-        const std::string & t = tokens[id];
-        std::vector<Frag> next;
-        for (const auto & f : frags) {
-            if (f.is_token) { next.push_back(f); continue; }
-            size_t pos = 0;
-            while (true) {
-                size_t m = f.text.find(t, pos);
-                if (m == std::string::npos) {
-                    if (pos < f.text.size()) next.push_back({ false, LLAMA_TOKEN_NULL, f.text.substr(pos) });
-                    break;
-                }
-                if (m > pos) next.push_back({ false, LLAMA_TOKEN_NULL, f.text.substr(pos, m - pos) });
-                next.push_back({ true, id, "" });
-                pos = m + t.size();
-                if (rstrip[id]) {
-                    while (pos < f.text.size() && isspace((unsigned char) f.text[pos])) pos++;
-                }
-            }
-        }
-        frags = next;
-    }
-    return frags;
-}
-
-static std::vector<std::string> split_nul(const std::string & all) {
-    std::vector<std::string> out;
-    size_t start = 0;
-    for (size_t i = 0; i < all.size(); ++i) {
-        if (all[i] == '\0') { out.push_back(all.substr(start, i - start)); start = i + 1; }
-    }
-    return out;
-}
-
-static std::string slurp(const char * path) {
-    std::ifstream in(path, std::ios::binary);
-    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
+DRIVER_MAIN = llama_cpp_pretok.CPP_AFTER_VERBATIM + r"""
 // argv[1]: NUL-separated tokens; argv[2]: one score per line; argv[3]: NUL-separated texts;
 // argv[4]: one token type per line; argv[5]: 1 for Phi-3's RSTRIP rule. Prints one line of
 // ids per text.
@@ -241,16 +188,8 @@ def main():
         "vocabs": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
-        driver = os.path.join(tmp, "spm.cpp")
-        with open(driver, "w", encoding="utf-8") as f:
-            f.write(DRIVER_HEAD + verbatim(os.path.join(src, "llama-vocab.cpp")) + DRIVER_MAIN)
-        exe = os.path.join(tmp, "spm")
-        cxx = os.environ.get("CXX", "g++")
-        subprocess.run(
-            [cxx, "-std=c++17", "-O1", "-I", src, driver,
-             os.path.join(src, "unicode.cpp"), os.path.join(src, "unicode-data.cpp"), "-o", exe],
-            check=True,
-        )
+        code = DRIVER_HEAD + verbatim(os.path.join(src, "llama-vocab.cpp")) + DRIVER_MAIN
+        exe = llama_cpp_pretok.compile_driver(src, tmp, "spm", code)
         for seed, spec in enumerate(specs):
             name, rest = spec.split("=", 1)
             path, n = rest.rsplit(":", 1)
@@ -264,14 +203,10 @@ def main():
                      for i in f["tokenizer.ggml.token_type"].data]
             all_texts = texts(tokens, types, int(n), seed)
             paths = [os.path.join(tmp, x) for x in ("tokens.bin", "scores.txt", "texts.bin", "types.txt")]
-            with open(paths[0], "wb") as g:
-                for t in tokens:
-                    g.write(t.encode("utf-8") + b"\0")
+            llama_cpp_pretok.write_nul(paths[0], tokens)
             with open(paths[1], "w") as g:
                 g.write("\n".join(repr(s) for s in scores) + "\n")
-            with open(paths[2], "wb") as g:
-                for t in all_texts:
-                    g.write(t.encode("utf-8") + b"\0")
+            llama_cpp_pretok.write_nul(paths[2], all_texts)
             with open(paths[3], "w") as g:
                 g.write("\n".join(str(t) for t in types) + "\n")
             general = f["general.name"].contents().lower() if "general.name" in f else ""
@@ -282,9 +217,7 @@ def main():
             assert len(ids) == len(all_texts), name
             doc["vocabs"][name] = {"texts": all_texts, "ids": ids}
             print(f"{name}: {len(all_texts)} texts")
-    with open(out_path, "w", encoding="utf-8") as g:
-        json.dump(doc, g, ensure_ascii=True, separators=(",", ":"))
-        g.write("\n")
+    llama_cpp_pretok.write_json(doc, out_path)
 
 
 if __name__ == "__main__":
