@@ -1,32 +1,41 @@
 //! `tern bench model`: llama-bench style prompt processing (`ppN`) and generation (`tgN`)
 //! throughput of a whole model, ternary or dense, on a file or a synthetic shape.
 
+use crate::run::{HeadArg, LayoutArg, ModelArgs};
 use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
 use std::time::Instant;
 use tern_kernels::rng::Rng;
-use tern_kernels::{Layout, ThreadPool};
+use tern_kernels::ThreadPool;
 use tern_model::forward::Logits;
-use tern_model::hf::{HeadKind, LoadOptions};
-use tern_model::load::open;
 use tern_model::model::{synthetic_bytes, SyntheticHead, SyntheticWeights};
+use tern_model::session::resolve_threads;
 use tern_model::{Model, State};
+
+/// `--dense`: the FP baseline of a synthetic shape.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenseArg {
+    F16,
+    F32,
+}
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A Hugging Face model directory or GGUF file to benchmark (or use --shape).
-    model: Option<String>,
+    /// A Hugging Face model directory or GGUF file to benchmark; none (and no --shape): the
+    /// bundled model.
+    model: Option<PathBuf>,
     /// A synthetic model of a named shape with random weights: 700m, 2b4t, 3b, 7b, 13b, 70b.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "model")]
     shape: Option<String>,
-    /// Dense projections instead of ternary (the FP baseline of the same shape): f16 or f32.
-    #[arg(long)]
-    dense: Option<String>,
+    /// Dense projections instead of ternary (the FP baseline of the same shape).
+    #[arg(long, value_enum, requires = "shape")]
+    dense: Option<DenseArg>,
     /// Ternary compute layout.
-    #[arg(long, default_value = "tern2")]
-    layout: String,
-    /// LM head of a synthetic model: f16 (tied embeddings) or int8.
-    #[arg(long, default_value = "f16")]
-    head: String,
+    #[arg(long, value_enum, default_value_t = LayoutArg::Tern2)]
+    layout: LayoutArg,
+    /// LM head: f16 (the checkpoint's; tied embeddings for a synthetic shape) or int8.
+    #[arg(long, value_enum, default_value_t = HeadArg::F16)]
+    head: HeadArg,
     /// Prompt lengths to time (ppN rows).
     #[arg(long, value_delimiter = ',', default_value = "128,512")]
     prompt: Vec<usize>,
@@ -49,31 +58,23 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let threads = if args.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        args.threads
-    };
-    let (model, name) = match (&args.model, &args.shape) {
-        (Some(path), None) => {
-            let layout = Layout::from_name(&args.layout)
-                .with_context(|| format!("unknown layout {:?} (tern2 or tern3)", args.layout))?;
-            let head = match args.head.as_str() {
-                "f16" => HeadKind::F16,
-                "int8" => HeadKind::Int8,
-                other => bail!("--head {other:?}: expected f16 or int8"),
+    let (threads, note) = resolve_threads(args.threads);
+    if let Some(n) = note {
+        eprintln!("tern: {n}");
+    }
+    let (model, name) = match &args.shape {
+        Some(shape) => (synthetic(args, shape)?, shape.clone()),
+        None => {
+            let m = ModelArgs {
+                model: args.model.clone(),
+                threads,
+                ctx: 0,
+                layout: args.layout,
+                head: args.head,
             };
-            if args.dense.is_some() {
-                bail!("--dense applies to --shape; a model directory runs as stored");
-            }
-            let loaded = open(std::path::Path::new(path), &LoadOptions { layout, head })?;
-            (loaded.model, path.clone())
+            let (loaded, path) = m.load()?;
+            (loaded.model, path.display().to_string())
         }
-        (Some(_), Some(_)) => bail!("give either a model path or --shape, not both"),
-        (None, None) => {
-            bail!("tern bench model: give a model path or --shape (700m, 2b4t, 3b, 7b, 13b, 70b)")
-        }
-        (None, Some(shape)) => (synthetic(args, shape)?, shape.clone()),
     };
     let pool = ThreadPool::new(threads);
     let weights = model.layers[0].q.type_name();
@@ -229,19 +230,14 @@ fn synthetic(args: &Args, shape: &str) -> Result<Model> {
             names.join(", ")
         )
     })?;
-    let weights = match args.dense.as_deref() {
-        None => SyntheticWeights::Ternary(
-            Layout::from_name(&args.layout)
-                .with_context(|| format!("unknown layout {:?} (tern2 or tern3)", args.layout))?,
-        ),
-        Some("f16") => SyntheticWeights::F16,
-        Some("f32") => SyntheticWeights::F32,
-        Some(other) => bail!("--dense {other:?}: expected f16 or f32"),
+    let weights = match args.dense {
+        None => SyntheticWeights::Ternary(args.layout.into()),
+        Some(DenseArg::F16) => SyntheticWeights::F16,
+        Some(DenseArg::F32) => SyntheticWeights::F32,
     };
-    let head = match args.head.as_str() {
-        "f16" => SyntheticHead::Tied,
-        "int8" => SyntheticHead::Int8,
-        other => bail!("--head {other:?}: expected f16 or int8"),
+    let head = match args.head {
+        HeadArg::F16 => SyntheticHead::Tied,
+        HeadArg::Int8 => SyntheticHead::Int8,
     };
     let need = synthetic_bytes(&config, weights);
     if let Some(avail) = mem_available_bytes() {

@@ -2,7 +2,6 @@
 
 mod bench_kernels;
 mod bench_model;
-mod bundled;
 mod convert;
 mod perplexity;
 mod plot;

@@ -5,12 +5,9 @@
 //! agree, which checks training, export, conversion and the engine end to end; with
 //! `--head int8` it measures what the quantized LM head costs.
 
-use crate::run::{load, threads, ModelArgs};
+use crate::run::ModelArgs;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
-use tern_kernels::ThreadPool;
-use tern_model::forward::Logits;
-use tern_model::State;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -32,7 +29,8 @@ pub struct Args {
 }
 
 pub fn run(a: &Args) -> Result<()> {
-    let loaded = load(&a.m)?;
+    let mut s = a.m.open()?;
+    let loaded = s.loaded.clone();
     let Some(tok) = &loaded.tokenizer else {
         bail!("the model has no tokenizer: perplexity needs text");
     };
@@ -42,6 +40,8 @@ pub fn run(a: &Args) -> Result<()> {
     } else {
         a.m.ctx
     };
+    // Every window is one forward pass of `ctx` tokens.
+    s.state = s.new_state(ctx, ctx)?;
     // The trainer's reader: the same documents as `tern train eval --data`.
     let docs = tern_train::data::read_sources(&[a.file.display().to_string()], &a.text_field)?;
     let bos = tok.bos_token_id();
@@ -68,18 +68,13 @@ pub fn run(a: &Args) -> Result<()> {
             ctx
         );
     }
-    let t = threads(a.m.threads);
-    let pool = ThreadPool::new(t);
-    let mut state = State::new(cfg, ctx, ctx, t)?;
     let v = cfg.vocab_size;
     let (mut nll, mut count) = (0f64, 0usize);
     let start = std::time::Instant::now();
     for w in 0..n_windows {
         let window = &ids[w * ctx..w * ctx + ctx + 1];
-        state.truncate(0);
-        let logits = loaded
-            .model
-            .forward(&window[..ctx], &mut state, Logits::All, &pool)?;
+        s.state.reset();
+        let logits = s.logits_all(&window[..ctx])?;
         for (i, row) in logits.chunks(v).enumerate() {
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
             let lse = row
@@ -99,7 +94,7 @@ pub fn run(a: &Args) -> Result<()> {
         println!(
             "{}",
             serde_json::json!({
-                "file": a.file.display().to_string(), "head": a.m.head, "ctx": ctx,
+                "file": a.file.display().to_string(), "head": tern_model::HeadKind::from(a.m.head).name(), "ctx": ctx,
                 "windows": n_windows, "tokens": count, "loss": loss, "ppl": loss.exp(),
                 "bpb": bpb,
             })
@@ -108,7 +103,7 @@ pub fn run(a: &Args) -> Result<()> {
         println!(
             "{}: {n_windows} windows of {ctx} tokens ({count} scored, head {}): loss {loss:.4}  ppl {:.3}  bpb {bpb:.4}  ({:.1} s)",
             a.file.display(),
-            a.m.head,
+            tern_model::HeadKind::from(a.m.head).name(),
             loss.exp(),
             start.elapsed().as_secs_f64()
         );

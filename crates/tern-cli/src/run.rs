@@ -1,16 +1,47 @@
-//! `tern run`, `tern chat`, `tern logits`, `tern info`: a model's text interface.
+//! `tern run`, `tern chat`, `tern logits`, `tern info`: a model's text interface, through
+//! the engine's front door ([`Session`]).
 
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use tern_kernels::{Layout, ThreadPool};
+use tern_kernels::Layout;
 use tern_model::chat::Message;
-use tern_model::forward::Logits;
-use tern_model::generate::{Generator, StopRule};
-use tern_model::hf::{HeadKind, LoadOptions};
-use tern_model::load::{open, Loaded};
-use tern_model::sample::{Sampler, SamplerConfig};
-use tern_model::State;
+use tern_model::load::Loaded;
+use tern_model::sample::SamplerConfig;
+use tern_model::session::resolve_threads;
+use tern_model::{GenParams, HeadKind, LoadOptions, ModelPath, Options, Session};
+
+/// `--layout`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutArg {
+    Tern2,
+    Tern3,
+}
+
+impl From<LayoutArg> for Layout {
+    fn from(l: LayoutArg) -> Layout {
+        match l {
+            LayoutArg::Tern2 => Layout::Tern2,
+            LayoutArg::Tern3 => Layout::Tern3,
+        }
+    }
+}
+
+/// `--head`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadArg {
+    F16,
+    Int8,
+}
+
+impl From<HeadArg> for HeadKind {
+    fn from(h: HeadArg) -> HeadKind {
+        match h {
+            HeadArg::F16 => HeadKind::F16,
+            HeadArg::Int8 => HeadKind::Int8,
+        }
+    }
+}
 
 /// Options every command that loads a model shares.
 #[derive(clap::Args, Debug, Clone)]
@@ -18,18 +49,65 @@ pub struct ModelArgs {
     /// A Hugging Face model directory (config.json + *.safetensors [+ tokenizer.json]) or a
     /// GGUF file; none: the small BitNet b1.58 model bundled with tern.
     pub model: Option<PathBuf>,
-    /// Threads (0 = all cores).
+    /// Threads (0 = all cores; more than the cores are capped, with a note).
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
     /// Context length (prompt + generated tokens); 0 = the model's maximum.
     #[arg(long, short = 'c', default_value_t = 0)]
     pub ctx: usize,
-    /// Ternary compute layout: tern2 or tern3.
-    #[arg(long, default_value = "tern2")]
-    pub layout: String,
+    /// Ternary compute layout.
+    #[arg(long, value_enum, default_value_t = LayoutArg::Tern2)]
+    pub layout: LayoutArg,
     /// LM head precision: f16 (the checkpoint's, tied or not) or int8 (per-row, 4x fewer bytes).
-    #[arg(long, default_value = "f16")]
-    pub head: String,
+    #[arg(long, value_enum, default_value_t = HeadArg::F16)]
+    pub head: HeadArg,
+}
+
+impl ModelArgs {
+    fn model_path(&self) -> ModelPath {
+        let p = ModelPath::from_option(self.model.as_deref());
+        if p == ModelPath::Bundled {
+            eprintln!(
+                "tern: no model given: using the bundled {} (docs/model-card.md)",
+                tern_model::bundled::NAME
+            );
+        }
+        p
+    }
+
+    pub fn options(&self) -> Options {
+        Options {
+            threads: self.threads,
+            ctx: self.ctx,
+            layout: self.layout.into(),
+            head: self.head.into(),
+            ..Options::default()
+        }
+    }
+
+    /// The model with a KV cache of `--ctx` tokens, ready to generate.
+    pub fn open(&self) -> Result<Session> {
+        let s = Session::open(&self.model_path(), &self.options())?;
+        for n in &s.notes {
+            eprintln!("tern: {n}");
+        }
+        Ok(s)
+    }
+
+    /// The model alone (no KV cache), and where it was read from.
+    pub fn load(&self) -> Result<(Loaded, PathBuf)> {
+        let (threads, note) = resolve_threads(self.threads);
+        if let Some(n) = note {
+            eprintln!("tern: {n}");
+        }
+        let path = self.model_path().resolve()?;
+        let opts = LoadOptions {
+            layout: self.layout.into(),
+            head: self.head.into(),
+            threads,
+        };
+        Ok((tern_model::load::open(&path, &opts)?, path))
+    }
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -52,8 +130,8 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    fn sampler(&self) -> Result<Sampler> {
-        let c = SamplerConfig {
+    fn config(&self) -> SamplerConfig {
+        SamplerConfig {
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
@@ -61,9 +139,7 @@ impl SamplingArgs {
             repeat_penalty: self.repeat_penalty,
             repeat_last_n: self.repeat_last_n,
             seed: self.seed,
-        };
-        c.validate().map_err(|e| anyhow::anyhow!("sampling: {e}"))?;
-        Ok(Sampler::new(c))
+        }
     }
 }
 
@@ -75,7 +151,7 @@ pub struct RunArgs {
     #[arg(long, short = 'p')]
     pub prompt: Option<String>,
     /// Prompt as token ids ("1 15043 29892"), used as given (no BOS added).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prompt")]
     pub prompt_ids: Option<String>,
     /// Tokens to generate.
     #[arg(long, short = 'n', default_value_t = 128)]
@@ -97,8 +173,9 @@ pub struct ChatArgs {
     /// System prompt.
     #[arg(long)]
     pub system: Option<String>,
-    /// Most tokens per reply.
-    #[arg(long, short = 'n', default_value_t = 512)]
+    /// Most tokens per reply (at most half the context: the rest keeps the conversation).
+    #[arg(long, short = 'n', default_value_t = 512,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub n_predict: usize,
     #[command(flatten)]
     pub s: SamplingArgs,
@@ -122,60 +199,6 @@ pub struct InfoArgs {
     pub m: ModelArgs,
 }
 
-struct Session {
-    loaded: Loaded,
-    pool: ThreadPool,
-    state: State,
-}
-
-pub(crate) fn threads(n: usize) -> usize {
-    if n == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        n
-    }
-}
-
-/// The model argument, or the bundled model when there is none.
-fn model_path(m: &ModelArgs) -> Result<PathBuf> {
-    match &m.model {
-        Some(p) => Ok(p.clone()),
-        None => {
-            let p = crate::bundled::path()?;
-            eprintln!(
-                "tern: no model given: using the bundled {} (docs/model-card.md)",
-                crate::bundled::NAME
-            );
-            Ok(p)
-        }
-    }
-}
-
-pub(crate) fn load(m: &ModelArgs) -> Result<Loaded> {
-    let layout = Layout::from_name(&m.layout)
-        .with_context(|| format!("--layout {:?}: expected tern2 or tern3", m.layout))?;
-    let head = match m.head.as_str() {
-        "f16" => HeadKind::F16,
-        "int8" => HeadKind::Int8,
-        other => bail!("--head {other:?}: expected f16 or int8"),
-    };
-    let path = model_path(m)?;
-    Ok(open(&path, &LoadOptions { layout, head })?)
-}
-
-fn session(m: &ModelArgs) -> Result<Session> {
-    let loaded = load(m)?;
-    let t = threads(m.threads);
-    let max = loaded.model.config.max_seq_len;
-    let ctx = if m.ctx == 0 { max } else { m.ctx };
-    let state = State::new(&loaded.model.config, ctx, 512, t)?;
-    Ok(Session {
-        loaded,
-        pool: ThreadPool::new(t),
-        state,
-    })
-}
-
 fn parse_ids(s: &str) -> Result<Vec<u32>> {
     s.split(|c: char| c.is_whitespace() || c == ',')
         .filter(|w| !w.is_empty())
@@ -187,61 +210,45 @@ fn parse_ids(s: &str) -> Result<Vec<u32>> {
 }
 
 pub fn run(a: &RunArgs) -> Result<()> {
-    let mut s = session(&a.m)?;
+    let mut s = a.m.open()?;
+    let loaded = s.loaded.clone();
     let prompt = match (&a.prompt, &a.prompt_ids) {
         (_, Some(ids)) => parse_ids(ids)?,
-        (Some(text), None) => match &s.loaded.tokenizer {
-            Some(t) => t.encode(text, true)?,
-            None => bail!(
-                "the model has no tokenizer ({}): use --prompt-ids",
-                s.loaded.tokenizer_error.as_deref().unwrap_or(
-                    "a directory without tokenizer.json, or a GGUF file without tokenizer.ggml.*"
-                )
-            ),
-        },
+        (Some(text), None) => s.encode(text).map_err(|e| anyhow::anyhow!("{e}: use --prompt-ids"))?,
         (None, None) => bail!("give a prompt with -p TEXT or --prompt-ids \"ID ID ...\""),
-    };
-    let mut sampler = a.s.sampler()?;
-    let stop = StopRule {
-        stop_tokens: s.loaded.stop_tokens.clone(),
-        ignore_stop: a.ignore_eos,
     };
     // Like llama.cpp: a prompt must fit; generation stops where the context ends.
     let cap = s.state.capacity();
     if prompt.len() >= cap {
         bail!("the prompt has {} tokens but the context holds {cap} (use --ctx to raise it, up to the model's maximum)", prompt.len());
     }
-    let n_predict = a.n_predict.min(cap - prompt.len());
+    let params = GenParams {
+        max_new: a.n_predict,
+        sampling: a.s.config(),
+        ignore_eos: a.ignore_eos,
+    };
     let out = std::io::stdout();
     let mut out = out.lock();
     let mut ids = Vec::new();
-    let tok = s.loaded.tokenizer.as_ref().filter(|_| !a.print_ids);
+    let tok = loaded.tokenizer.as_ref().filter(|_| !a.print_ids);
     let mut dec = tok.map(|t| t.stream_decoder());
     if let (Some(_), Some(text), None) = (tok, &a.prompt, &a.prompt_ids) {
         write!(out, "{text}")?;
         out.flush()?;
     }
-    let stats = Generator::new().generate(
-        &s.loaded.model,
-        &mut s.state,
-        &s.pool,
-        &prompt,
-        n_predict,
-        &mut sampler,
-        &stop,
-        |id| {
-            ids.push(id);
-            if let Some(d) = dec.as_mut() {
-                if !stop.stop_tokens.contains(&id) {
-                    if let Some(text) = d.step(id) {
-                        let _ = write!(out, "{text}");
-                        let _ = out.flush();
-                    }
+    let stops = &loaded.stop_tokens;
+    let stats = s.generate(&prompt, &params, |id| {
+        ids.push(id);
+        if let Some(d) = dec.as_mut() {
+            if !stops.contains(&id) {
+                if let Some(text) = d.step(id) {
+                    let _ = write!(out, "{text}");
+                    let _ = out.flush();
                 }
             }
-            true
-        },
-    )?;
+        }
+        true
+    })?;
     if let Some(text) = dec.as_mut().and_then(|d| d.flush()) {
         write!(out, "{text}")?;
     }
@@ -250,42 +257,78 @@ pub fn run(a: &RunArgs) -> Result<()> {
         write!(out, "{}", s.join(" "))?;
     }
     writeln!(out)?;
+    let end = if stats.stopped {
+        " (end of sequence)".to_string()
+    } else if stats.context_full {
+        format!(" (stopped: the context of {cap} tokens is full; --ctx raises it)")
+    } else {
+        String::new()
+    };
     eprintln!(
-        "\nprompt: {} tokens, {:.2} tok/s | generation: {} tokens, {:.2} tok/s{}",
+        "\nprompt: {} tokens, {:.2} tok/s | generation: {} tokens, {:.2} tok/s{end}",
         stats.prompt_tokens,
         stats.prompt_tps(),
         stats.generated,
         stats.gen_tps(),
-        if stats.stopped {
-            " (end of sequence)"
-        } else {
-            ""
-        }
     );
     Ok(())
 }
 
+/// Renders and tokenizes `messages`, dropping the oldest turns after the system prompt
+/// (`keep` messages) until the prompt plus a reply of `reply` tokens fits in `cap`. `None`
+/// when even the newest message alone does not fit; `dropped` says whether turns went.
+fn fit_conversation(
+    s: &Session,
+    messages: &mut Vec<Message>,
+    keep: usize,
+    reply: usize,
+    cap: usize,
+    dropped: &mut bool,
+) -> Result<Option<Vec<u32>>> {
+    loop {
+        let ids = s.encode(&s.template.render(messages, true)?)?;
+        if ids.len() + reply <= cap {
+            return Ok(Some(ids));
+        }
+        if messages.len() <= keep + 1 {
+            return Ok(None);
+        }
+        // One exchange: the oldest user message and the reply to it.
+        messages.remove(keep);
+        if messages.len() > keep + 1 && messages[keep].role == "assistant" {
+            messages.remove(keep);
+        }
+        *dropped = true;
+    }
+}
+
 pub fn chat(a: &ChatArgs) -> Result<()> {
-    let mut s = session(&a.m)?;
-    let template = s.loaded.take_template();
-    let Some(tok) = s.loaded.tokenizer.take() else {
-        bail!("the model has no tokenizer.json: chat needs one");
+    let mut s = a.m.open()?;
+    let loaded = s.loaded.clone();
+    let Some(tok) = loaded.tokenizer.as_ref() else {
+        bail!("the model has no tokenizer: chat needs one");
     };
-    let mut sampler = a.s.sampler()?;
-    let stop = StopRule {
-        stop_tokens: s.loaded.stop_tokens.clone(),
-        ignore_stop: false,
+    let cap = s.state.capacity();
+    let reply_cap = a.n_predict.min(cap / 2).max(1);
+    if reply_cap < a.n_predict {
+        eprintln!("tern: replies are capped at {reply_cap} tokens, half the context of {cap}");
+    }
+    let params = GenParams {
+        max_new: reply_cap,
+        sampling: a.s.config(),
+        ignore_eos: false,
     };
     let mut messages: Vec<Message> = a
         .system
         .iter()
         .map(|t| Message::system(t.clone()))
         .collect();
+    let keep = messages.len();
     // Tokens currently in the KV cache, to reuse the shared prefix of the next turn.
     let mut cached: Vec<u32> = Vec::new();
+    let mut told_dropped = false;
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
     let stdin = std::io::stdin();
-    let mut gen = Generator::new();
     loop {
         if interactive {
             eprint!("> ");
@@ -299,53 +342,53 @@ pub fn chat(a: &ChatArgs) -> Result<()> {
             continue;
         }
         messages.push(Message::user(line));
-        let text = template.render(&messages, true)?;
-        let ids = tok.encode(&text, true)?;
-        let keep = cached
+        let mut dropped = false;
+        let Some(ids) = fit_conversation(&s, &mut messages, keep, reply_cap, cap, &mut dropped)?
+        else {
+            messages.pop();
+            eprintln!(
+                "tern: that message does not fit in the context of {cap} tokens with room for a \
+                 reply; try a shorter one (or --ctx)"
+            );
+            continue;
+        };
+        if dropped && !told_dropped {
+            eprintln!(
+                "tern: the conversation outgrew the context of {cap} tokens: dropping the oldest \
+                 turns to keep it going"
+            );
+            told_dropped = true;
+        }
+        let reuse = cached
             .iter()
             .zip(&ids)
             .take_while(|(a, b)| a == b)
             .count()
             .min(ids.len() - 1);
-        s.state.truncate(keep);
-        cached.truncate(keep);
-        let budget = a
-            .n_predict
-            .min(s.state.capacity().saturating_sub(ids.len()));
-        if budget == 0 {
-            bail!(
-                "the conversation ({} tokens) fills the context of {} tokens",
-                ids.len(),
-                s.state.capacity()
-            );
-        }
+        s.state.truncate(reuse);
+        cached.truncate(reuse);
         let mut reply = Vec::new();
         let mut dec = tok.stream_decoder();
         let out = std::io::stdout();
         let mut out = out.lock();
-        gen.generate(
-            &s.loaded.model,
-            &mut s.state,
-            &s.pool,
-            &ids[keep..],
-            budget,
-            &mut sampler,
-            &stop,
-            |id| {
-                if !stop.stop_tokens.contains(&id) {
-                    reply.push(id);
-                    if let Some(t) = dec.step(id) {
-                        let _ = write!(out, "{t}");
-                        let _ = out.flush();
-                    }
+        let stops = &loaded.stop_tokens;
+        let stats = s.generate(&ids[reuse..], &params, |id| {
+            if !stops.contains(&id) {
+                reply.push(id);
+                if let Some(t) = dec.step(id) {
+                    let _ = write!(out, "{t}");
+                    let _ = out.flush();
                 }
-                true
-            },
-        )?;
+            }
+            true
+        })?;
         if let Some(t) = dec.flush() {
             write!(out, "{t}")?;
         }
         writeln!(out)?;
+        if !stats.stopped {
+            eprintln!("tern: reply cut at {reply_cap} tokens (-n)");
+        }
         cached = ids;
         cached.extend_from_slice(&reply[..reply.len().saturating_sub(1)]);
         messages.push(Message::assistant(tok.decode(&reply)));
@@ -354,16 +397,13 @@ pub fn chat(a: &ChatArgs) -> Result<()> {
 }
 
 pub fn logits(a: &LogitsArgs) -> Result<()> {
-    let mut s = session(&a.m)?;
+    let mut s = a.m.open()?;
     let ids = parse_ids(&a.prompt_ids)?;
     if ids.is_empty() {
         bail!("--prompt-ids is empty");
     }
     let v = s.loaded.model.config.vocab_size;
-    let logits = s
-        .loaded
-        .model
-        .forward(&ids, &mut s.state, Logits::All, &s.pool)?;
+    let logits = s.logits_all(&ids)?;
     let bytes: Vec<u8> = logits.iter().flat_map(|x| x.to_le_bytes()).collect();
     let view =
         safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![ids.len(), v], &bytes)
@@ -374,39 +414,30 @@ pub fn logits(a: &LogitsArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes to a temporary file next to `path` and renames it over `path`: a crash or kill never
-/// leaves a half-written file.
+/// Writes `data` to `path` atomically ([`tern_model::fsutil::write_atomic`]).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .with_context(|| format!("{}: not a file path", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
+    tern_model::fsutil::write_atomic(path, data).with_context(|| format!("writing {}", path.display()))
+}
+
+fn or_none<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "none".to_string(), |v| v.to_string())
 }
 
 pub fn info(a: &InfoArgs) -> Result<()> {
-    let loaded = load(&a.m)?;
+    let (loaded, path) = a.m.load()?;
     let m = &loaded.model;
     let c = &m.config;
-    let path = model_path(&a.m)?;
     println!("model            {}", path.display());
+    println!(
+        "format           {}{}",
+        loaded.info.format,
+        loaded
+            .info
+            .arch
+            .as_deref()
+            .map(|a| format!(" (architecture {a})"))
+            .unwrap_or_default()
+    );
     println!(
         "shape            {} layers, hidden {}, ffn {}, heads {} (kv {}), head_dim {}",
         c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads, c.head_dim
@@ -414,15 +445,24 @@ pub fn info(a: &InfoArgs) -> Result<()> {
     println!("vocab            {}", c.vocab_size);
     println!("context          {}", c.max_seq_len);
     println!(
-        "activation       {:?}, sub-norms: {}",
-        c.activation, c.sub_norms
+        "activation       {}, sub-norms: {}",
+        c.activation.name(),
+        if c.sub_norms { "yes" } else { "no" }
     );
     println!("rope theta       {}", c.rope_theta);
+    let ids = |v: &[u32]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+        }
+    };
     println!(
-        "bos / eos        {:?} / {:?}",
-        c.bos_token_id, c.eos_token_ids
+        "bos / eos        {} / {}",
+        or_none(c.bos_token_id),
+        ids(&c.eos_token_ids)
     );
-    println!("stop tokens      {:?}", loaded.stop_tokens);
+    println!("stop tokens      {}", ids(&loaded.stop_tokens));
     let l = &m.layers[0];
     println!("projections      {}", l.q.type_name());
     println!(
@@ -431,22 +471,16 @@ pub fn info(a: &InfoArgs) -> Result<()> {
         m.embed.byte_len() / 1_000_000
     );
     println!("lm head          {}", m.head_type());
-    let gguf = path.is_file();
     let tokenizer = match (&loaded.tokenizer, &loaded.tokenizer_error) {
-        (Some(_), _) if gguf => "from tokenizer.ggml.* (GGUF metadata)".to_string(),
-        (Some(_), _) => "tokenizer.json".to_string(),
+        (Some(_), _) => format!("from {}", loaded.tokenizer_origin),
         (None, Some(e)) => format!("none ({e})"),
         (None, None) => "none".to_string(),
     };
     println!("tokenizer        {tokenizer}");
-    println!(
-        "chat template    {}",
-        match (&loaded.chat_template, gguf) {
-            (Some(_), true) => "from tokenizer.chat_template (GGUF metadata)",
-            (Some(_), false) => "from tokenizer_config.json",
-            (None, _) => "none (BitNet 2B4T format used)",
-        }
-    );
+    match &loaded.chat_template {
+        Some(_) => println!("chat template    from {}", loaded.chat_template_origin),
+        None => println!("chat template    none (BitNet 2B4T format used)"),
+    }
     let per_tok = m.bytes_per_token();
     println!(
         "decode reads     {:.1} MB of weights per token",

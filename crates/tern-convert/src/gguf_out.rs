@@ -15,7 +15,7 @@
 //!   recovers q and gamma exactly from them.
 
 use crate::error::ConvertError;
-use crate::model::{
+use tern_model::source::{
     permute_rows, permute_tensor, FloatData, FloatTensor, ModelInfo, Proj, Source, PROJ_NAMES,
 };
 use crate::{vocab, HeadType, Progress, WeightType};
@@ -23,6 +23,7 @@ use half::f16;
 use std::path::Path;
 use tern_gguf::{quants, GgmlType, GgufValue, GgufWriter};
 use tern_kernels::TernaryMatrix;
+use tern_model::gguf::keys;
 use tern_model::Activation;
 
 /// llama.cpp's `llama_ftype` values for `general.file_type`.
@@ -107,43 +108,44 @@ pub fn write(
     let info = src.info();
     let c = &info.config;
     let arch = arch_for(info, ty);
-    let mut notes = info.notes.clone();
+    let mut notes = Vec::new();
+    let vocab = src.vocab(&mut notes)?;
     let mut w = GgufWriter::new();
-    let k = |s: &str| format!("{arch}.{s}");
+    let k = |s: &str| keys::arch(arch, s);
     let u32v = |x: usize, key: &str| -> Result<GgufValue, ConvertError> {
         u32::try_from(x)
             .map(GgufValue::U32)
             .map_err(|_| ConvertError::Other(format!("{key} = {x} does not fit in u32")))
     };
 
-    w.add_kv("general.architecture", GgufValue::String(arch.into()))?;
-    w.add_kv("general.name", GgufValue::String(info.name.clone()))?;
+    w.add_kv(keys::ARCHITECTURE, GgufValue::String(arch.into()))?;
+    w.add_kv(keys::NAME, GgufValue::String(info.name.clone()))?;
     w.add_kv(
-        "general.file_type",
+        keys::FILE_TYPE,
         GgufValue::U32(file_type(ty, info.ternary)),
     )?;
-    w.add_kv("general.quantization_version", GgufValue::U32(2))?;
+    w.add_kv(keys::QUANTIZATION_VERSION, GgufValue::U32(2))?;
     for (key, v) in [
-        ("vocab_size", c.vocab_size),
-        ("context_length", c.max_seq_len),
-        ("embedding_length", c.hidden_size),
-        ("block_count", c.num_layers),
-        ("feed_forward_length", c.intermediate_size),
-        ("attention.head_count", c.num_heads),
-        ("attention.head_count_kv", c.num_kv_heads),
-        ("rope.dimension_count", c.head_dim),
+        (keys::VOCAB_SIZE, c.vocab_size),
+        (keys::CONTEXT_LENGTH, c.max_seq_len),
+        (keys::EMBEDDING_LENGTH, c.hidden_size),
+        (keys::BLOCK_COUNT, c.num_layers),
+        (keys::FEED_FORWARD_LENGTH, c.intermediate_size),
+        (keys::HEAD_COUNT, c.num_heads),
+        (keys::HEAD_COUNT_KV, c.num_kv_heads),
+        (keys::ROPE_DIMENSION_COUNT, c.head_dim),
     ] {
         w.add_kv(k(key), u32v(v, &k(key))?)?;
     }
     w.add_kv(
-        k("attention.layer_norm_rms_epsilon"),
+        k(keys::RMS_EPS),
         GgufValue::F32(c.rms_norm_eps),
     )?;
-    w.add_kv(k("rope.freq_base"), GgufValue::F32(c.rope_theta))?;
+    w.add_kv(k(keys::ROPE_FREQ_BASE), GgufValue::F32(c.rope_theta))?;
     // bitnet-b1.58 implies relu2; for `bitnet` and `llama` the key says it (upstream reads
     // `<arch>.hidden_activation` where it has the fix; tern always does).
     if c.activation == Activation::Relu2 && arch != "bitnet-b1.58" {
-        w.add_kv(k("hidden_activation"), GgufValue::String("relu2".into()))?;
+        w.add_kv(k(keys::HIDDEN_ACTIVATION), GgufValue::String("relu2".into()))?;
         if arch == "bitnet" {
             notes.push(
                 "arch bitnet with bitnet.hidden_activation = relu2: llama.cpp builds without \
@@ -165,7 +167,7 @@ pub fn write(
                 .into(),
         );
     }
-    match &info.vocab {
+    match &vocab {
         Some(v) => {
             if v.tokens.len() != c.vocab_size {
                 return Err(ConvertError::Other(format!(
@@ -184,13 +186,13 @@ pub fn write(
             );
             // The special ids are model config too (tern reads its stop tokens from them).
             let ids = [
-                ("tokenizer.ggml.bos_token_id", c.bos_token_id),
+                (keys::BOS_ID, c.bos_token_id),
                 (
-                    "tokenizer.ggml.eos_token_id",
+                    keys::EOS_ID,
                     c.eos_token_ids.first().copied(),
                 ),
                 (
-                    "tokenizer.ggml.eot_token_id",
+                    keys::EOT_ID,
                     c.eos_token_ids.get(1).copied(),
                 ),
             ];
@@ -204,16 +206,16 @@ pub fn write(
 
     progress.set_message("embeddings");
     let embed = src.embed()?;
-    add_float(&mut w, "token_embd.weight", &embed, head)?;
+    add_float(&mut w, keys::TOKEN_EMBD, &embed, head)?;
     drop(embed);
     w.add_f32(
-        "output_norm.weight",
+        keys::OUTPUT_NORM,
         GgmlType::F32,
         &[c.hidden_size],
         &src.final_norm()?,
     )?;
     if let Some(h) = src.head()? {
-        add_float(&mut w, "output.weight", &h, head)?;
+        add_float(&mut w, keys::OUTPUT, &h, head)?;
     }
     progress.inc(1);
 
@@ -224,22 +226,22 @@ pub fn write(
         let l = src.layer(i)?;
         let p = |s: &str| format!("blk.{i}.{s}");
         w.add_f32(
-            p("attn_norm.weight"),
+            p(keys::ATTN_NORM),
             GgmlType::F32,
             &[c.hidden_size],
             &l.attn_norm,
         )?;
         w.add_f32(
-            p("ffn_norm.weight"),
+            p(keys::FFN_NORM),
             GgmlType::F32,
             &[c.hidden_size],
             &l.ffn_norm,
         )?;
         if let Some(n) = &l.attn_sub_norm {
-            w.add_f32(p("attn_sub_norm.weight"), GgmlType::F32, &[n.len()], n)?;
+            w.add_f32(p(keys::ATTN_SUB_NORM), GgmlType::F32, &[n.len()], n)?;
         }
         if let Some(n) = &l.ffn_sub_norm {
-            w.add_f32(p("ffn_sub_norm.weight"), GgmlType::F32, &[n.len()], n)?;
+            w.add_f32(p(keys::FFN_SUB_NORM), GgmlType::F32, &[n.len()], n)?;
         }
         for (k, (proj, (_, base))) in l.projs.iter().zip(PROJ_NAMES).enumerate() {
             let heads = match (permute, k) {

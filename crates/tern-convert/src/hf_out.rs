@@ -20,7 +20,7 @@
 //! failed conversion never leaves a half-written model under OUT.
 
 use crate::error::ConvertError;
-use crate::model::{FloatData, FloatTensor, Proj, Source, PROJ_NAMES};
+use tern_model::source::{FloatData, FloatTensor, Proj, Source, PROJ_NAMES};
 use crate::{vocab, Progress};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
@@ -148,7 +148,8 @@ pub fn write(
 ) -> Result<Vec<String>, ConvertError> {
     let info = src.info();
     let c = &info.config;
-    let notes = info.notes.clone();
+    let mut notes = Vec::new();
+    let vocab = src.vocab(&mut notes)?;
     if out.exists() {
         let empty_dir = out.is_dir()
             && std::fs::read_dir(out)
@@ -320,7 +321,7 @@ pub fn write(
         &tmp.join(tern_model::hf::GENERATION_CONFIG_FILE),
         &Value::Object(gen),
     )?;
-    if let Some(v) = &info.vocab {
+    if let Some(v) = &vocab {
         write_json(&tmp.join(vocab::TOKENIZER_FILE), &vocab::tokenizer_json(v))?;
         write_json(
             &tmp.join(vocab::TOKENIZER_CONFIG_FILE),

@@ -7,22 +7,19 @@
 //! - GGUF -> Hugging Face directory (packed uint8 + `weight_scale`, or dense f16).
 //!
 //! Ternary values and per-tensor scales are preserved exactly in every direction (see
-//! [`gguf_out`] for how TQ files carry an f32 scale). Every conversion goes through the
-//! format-neutral [`model::Source`], one transformer block at a time.
+//! [`gguf_out`] for how TQ files carry an f32 scale). Reading is the engine's: every
+//! conversion reads through `tern_model::source` (the same readers `tern run` loads with),
+//! one transformer block at a time; this crate holds only the writers.
 
 pub mod error;
-pub mod gguf_in;
 pub mod gguf_out;
-pub mod hf_in;
 pub mod hf_out;
-pub mod model;
 pub mod q6k;
 pub mod vocab;
 
 pub use error::ConvertError;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use model::Source;
 use std::path::Path;
 
 /// Storage of the ternary projections in a GGUF output.
@@ -157,18 +154,8 @@ pub fn convert(input: &Path, output: &Path, opts: &Options) -> Result<Report, Co
             "the output is the input; choose another path",
         ));
     }
-    let (src, from, src_arch): (Box<dyn Source>, _, _) = if tern_model::gguf::is_gguf(input) {
-        let s = gguf_in::GgufSource::open(input)?;
-        let arch = s.arch.clone();
-        (Box::new(s), "gguf", Some(arch))
-    } else if input.is_dir() {
-        (Box::new(hf_in::HfSource::open(input)?), "hf", None)
-    } else {
-        return Err(ConvertError::file(
-            input.display(),
-            "not a model (expected a Hugging Face directory with config.json or a GGUF file)",
-        ));
-    };
+    let src = tern_model::source::open(input)?;
+    let (from, src_arch) = (src.info().format, src.info().arch.clone());
     if is_gguf_path(output) && opts.ty == WeightType::BF16 {
         return Err(ConvertError::Other(
             "--type bf16 writes Hugging Face master weights; for a GGUF output use tq2_0, \

@@ -9,6 +9,16 @@ pub enum Activation {
     Silu,
 }
 
+impl Activation {
+    /// The name configs use (`hidden_act`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Relu2 => "relu2",
+            Activation::Silu => "silu",
+        }
+    }
+}
+
 /// Everything the forward pass needs to know about a model's shape.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {

@@ -31,15 +31,20 @@
 //! `[in, out]`. Every tensor is checked against the metadata before use; errors name the file
 //! and the key or tensor.
 
+use crate::chat::ChatTemplate;
 use crate::config::{Activation, ModelConfig};
 use crate::error::ModelError;
-use crate::hf::{HeadKind, LoadOptions};
-use crate::model::{Embedding, Head, Layer, Linear, Model};
-use half::f16;
+use crate::gguf_tokenizer::tokenizer_from_gguf;
+use crate::model::{LoadOptions, Model};
+use crate::source::{
+    permute_tensor, proj_shapes, vocab, FloatData, FloatTensor, LayerWeights, ModelInfo, Proj,
+    Source, TextInterface, Vocab, N_PROJ, PROJ_NAMES,
+};
+use crate::tokenizer::Tokenizer;
+use half::{bf16, f16};
 use std::path::Path;
 use tern_gguf::{GgmlType, GgufError, GgufFile, GgufValue, TensorData};
-use tern_kernels::dense::Int8Matrix;
-use tern_kernels::{Layout, PackedTernary, TernaryMatrix};
+use tern_kernels::TernaryMatrix;
 
 /// Architectures this loader understands.
 const ARCHS: [&str; 4] = ["bitnet-b1.58", "bitnet-25", "bitnet", "llama"];
@@ -69,14 +74,13 @@ fn gguf_err(e: GgufError) -> ModelError {
 /// Reads the model's shape from a GGUF file's metadata (and which tensors exist: sub-norms,
 /// tied head). The config is validated.
 pub fn load_config(path: &Path) -> Result<ModelConfig, ModelError> {
-    let f = GgufFile::open(path).map_err(gguf_err)?;
+    let f = open(path)?;
     Meta::new(&f, path).config()
 }
 
 /// Loads a GGUF model file.
 pub fn load_model(path: &Path, opts: &LoadOptions) -> Result<Model, ModelError> {
-    let f = open(path)?;
-    load_model_from(&f, path, opts)
+    Model::from_source(&GgufSource::open(path)?, opts)
 }
 
 /// Opens (memory-maps and parses) a GGUF file, with tern's error type.
@@ -84,61 +88,55 @@ pub fn open(path: &Path) -> Result<GgufFile, ModelError> {
     GgufFile::open(path).map_err(gguf_err)
 }
 
-/// Loads the model of an already opened GGUF file (`path` names it in errors).
-pub fn load_model_from(f: &GgufFile, path: &Path, opts: &LoadOptions) -> Result<Model, ModelError> {
-    let meta = Meta::new(f, path);
-    let c = meta.config()?;
-    let l = Loader {
-        f,
-        file: meta.file.clone(),
-        c: &c,
-        ternary: meta.arch()? != "llama",
-        permuted_qk: meta.arch()? == "llama",
-        layout: opts.layout,
-    };
+/// The metadata keys and tensor names tern reads and writes (llama.cpp's), one table for this
+/// reader and `tern convert`'s writer. Per-architecture keys are `{arch}.{suffix}`
+/// ([`keys::arch`]); block tensors are `blk.{i}.{name}`, projections named in
+/// [`crate::source::PROJ_NAMES`].
+pub mod keys {
+    pub const ARCHITECTURE: &str = "general.architecture";
+    pub const NAME: &str = "general.name";
+    pub const FILE_TYPE: &str = "general.file_type";
+    pub const QUANTIZATION_VERSION: &str = "general.quantization_version";
 
-    let embed_t = l.tensor("token_embd.weight", &[c.hidden_size, c.vocab_size])?;
-    let embed = if embed_t.ty == GgmlType::F32 {
-        Embedding::F32(l.f32s(&embed_t)?)
-    } else {
-        Embedding::F16(l.f16s(&embed_t)?)
-    };
-    let norm = l.norm("output_norm.weight", c.hidden_size)?;
-    let head_t = if c.tie_word_embeddings {
-        embed_t
-    } else {
-        l.tensor("output.weight", &[c.hidden_size, c.vocab_size])?
-    };
-    let head = match (opts.head, c.tie_word_embeddings) {
-        (HeadKind::F16, true) => Head::Tied,
-        (HeadKind::F16, false) if head_t.ty == GgmlType::F32 => Head::F32(l.f32s(&head_t)?),
-        (HeadKind::F16, false) => Head::F16(l.f16s(&head_t)?),
-        (HeadKind::Int8, _) => {
-            if c.hidden_size > Int8Matrix::MAX_COLS {
-                return Err(l.terr(
-                    head_t.name,
-                    format!(
-                        "{} columns exceed the int8 head's limit of {}",
-                        c.hidden_size,
-                        Int8Matrix::MAX_COLS
-                    ),
-                ));
-            }
-            Head::Int8(Int8Matrix::quantize(
-                &l.f32s(&head_t)?,
-                c.vocab_size,
-                c.hidden_size,
-            ))
-        }
-    };
-    let layers = l.layers()?;
-    Ok(Model {
-        config: c.clone(),
-        embed,
-        layers,
-        norm,
-        head,
-    })
+    pub const VOCAB_SIZE: &str = "vocab_size";
+    pub const CONTEXT_LENGTH: &str = "context_length";
+    pub const EMBEDDING_LENGTH: &str = "embedding_length";
+    pub const BLOCK_COUNT: &str = "block_count";
+    pub const FEED_FORWARD_LENGTH: &str = "feed_forward_length";
+    pub const HEAD_COUNT: &str = "attention.head_count";
+    pub const HEAD_COUNT_KV: &str = "attention.head_count_kv";
+    pub const ROPE_DIMENSION_COUNT: &str = "rope.dimension_count";
+    pub const RMS_EPS: &str = "attention.layer_norm_rms_epsilon";
+    pub const ROPE_FREQ_BASE: &str = "rope.freq_base";
+    /// The activation where the architecture does not imply it (`relu2` or `silu`); the
+    /// first is what upstream's converter writes, the second is read too.
+    pub const HIDDEN_ACTIVATION: &str = "hidden_activation";
+    pub const HIDDEN_ACT: &str = "hidden_act";
+
+    pub const TOKENIZER_MODEL: &str = "tokenizer.ggml.model";
+    pub const TOKENIZER_PRE: &str = "tokenizer.ggml.pre";
+    pub const TOKENS: &str = "tokenizer.ggml.tokens";
+    pub const TOKEN_TYPE: &str = "tokenizer.ggml.token_type";
+    pub const MERGES: &str = "tokenizer.ggml.merges";
+    pub const BOS_ID: &str = "tokenizer.ggml.bos_token_id";
+    pub const EOS_ID: &str = "tokenizer.ggml.eos_token_id";
+    pub const EOT_ID: &str = "tokenizer.ggml.eot_token_id";
+    pub const PAD_ID: &str = "tokenizer.ggml.padding_token_id";
+    pub const ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
+    pub const CHAT_TEMPLATE: &str = "tokenizer.chat_template";
+
+    pub const TOKEN_EMBD: &str = "token_embd.weight";
+    pub const OUTPUT: &str = "output.weight";
+    pub const OUTPUT_NORM: &str = "output_norm.weight";
+    pub const ATTN_NORM: &str = "attn_norm.weight";
+    pub const ATTN_SUB_NORM: &str = "attn_sub_norm.weight";
+    pub const FFN_NORM: &str = "ffn_norm.weight";
+    pub const FFN_SUB_NORM: &str = "ffn_sub_norm.weight";
+
+    /// `{arch}.{suffix}`.
+    pub fn arch(arch: &str, suffix: &str) -> String {
+        format!("{arch}.{suffix}")
+    }
 }
 
 /// Metadata access with errors that name the file and key.
@@ -165,11 +163,11 @@ impl<'a> Meta<'a> {
     fn arch(&self) -> Result<&'a str, ModelError> {
         let a = self
             .f
-            .get("general.architecture")
-            .ok_or_else(|| self.err("missing metadata key 'general.architecture'".into()))?
+            .get(keys::ARCHITECTURE)
+            .ok_or_else(|| self.err(format!("missing metadata key '{}'", keys::ARCHITECTURE)))?
             .as_str()
             .ok_or_else(|| {
-                self.err("metadata key 'general.architecture' is not a string".into())
+                self.err(format!("metadata key '{}' is not a string", keys::ARCHITECTURE))
             })?;
         if !ARCHS.contains(&a) {
             return Err(self.err(format!(
@@ -219,7 +217,7 @@ impl<'a> Meta<'a> {
     }
 
     fn activation(&self, a: &str) -> Result<Activation, ModelError> {
-        for key in [format!("{a}.hidden_activation"), format!("{a}.hidden_act")] {
+        for key in [keys::HIDDEN_ACTIVATION, keys::HIDDEN_ACT].map(|k| keys::arch(a, k)) {
             if let Some(v) = self.f.get(&key) {
                 let s = v
                     .as_str()
@@ -241,51 +239,51 @@ impl<'a> Meta<'a> {
 
     fn config(&self) -> Result<ModelConfig, ModelError> {
         let a = self.arch()?;
-        let k = |s: &str| format!("{a}.{s}");
-        let hidden = self.req_uint(&k("embedding_length"))?;
-        let heads = self.req_uint(&k("attention.head_count"))?;
-        let kv_heads = self.uint(&k("attention.head_count_kv"))?.unwrap_or(heads);
+        let k = |s: &str| keys::arch(a, s);
+        let hidden = self.req_uint(&k(keys::EMBEDDING_LENGTH))?;
+        let heads = self.req_uint(&k(keys::HEAD_COUNT))?;
+        let kv_heads = self.uint(&k(keys::HEAD_COUNT_KV))?.unwrap_or(heads);
         if heads == 0 || !hidden.is_multiple_of(heads) {
             return Err(self.err(format!(
                 "{} ({hidden}) is not a multiple of {} ({heads})",
-                k("embedding_length"),
-                k("attention.head_count")
+                k(keys::EMBEDDING_LENGTH),
+                k(keys::HEAD_COUNT)
             )));
         }
         let head_dim = hidden / heads;
-        if let Some(rot) = self.uint(&k("rope.dimension_count"))? {
+        if let Some(rot) = self.uint(&k(keys::ROPE_DIMENSION_COUNT))? {
             if rot != head_dim {
                 return Err(self.err(format!(
                     "{} is {rot} but the head dimension is {head_dim}: partial rotary \
                      embeddings are not supported",
-                    k("rope.dimension_count")
+                    k(keys::ROPE_DIMENSION_COUNT)
                 )));
             }
         }
-        let vocab = match self.uint(&k("vocab_size"))? {
+        let vocab = match self.uint(&k(keys::VOCAB_SIZE))? {
             Some(v) => v,
             None => match self
                 .f
-                .get("tokenizer.ggml.tokens")
+                .get(keys::TOKENS)
                 .and_then(GgufValue::as_array)
             {
                 Some(t) => t.len(),
                 // Last resort: the embedding table's row count (ne1).
                 None => self
                     .f
-                    .tensor_info("token_embd.weight")
+                    .tensor_info(keys::TOKEN_EMBD)
                     .and_then(|t| t.dims.get(1).copied())
                     .ok_or_else(|| {
                         self.err(format!(
                             "no '{}', no 'tokenizer.ggml.tokens' and no 'token_embd.weight' \
                              to tell the vocabulary size",
-                            k("vocab_size")
+                            k(keys::VOCAB_SIZE)
                         ))
                     })?,
             },
         };
-        let eos = self.token_id("tokenizer.ggml.eos_token_id")?;
-        let eot = self.token_id("tokenizer.ggml.eot_token_id")?;
+        let eos = self.token_id(keys::EOS_ID)?;
+        let eot = self.token_id(keys::EOT_ID)?;
         let mut eos_token_ids: Vec<u32> = eos.into_iter().collect();
         if let Some(t) = eot.filter(|t| !eos_token_ids.contains(t)) {
             eos_token_ids.push(t);
@@ -293,25 +291,25 @@ impl<'a> Meta<'a> {
         let config = ModelConfig {
             vocab_size: vocab,
             hidden_size: hidden,
-            intermediate_size: self.req_uint(&k("feed_forward_length"))?,
-            num_layers: self.req_uint(&k("block_count"))?,
+            intermediate_size: self.req_uint(&k(keys::FEED_FORWARD_LENGTH))?,
+            num_layers: self.req_uint(&k(keys::BLOCK_COUNT))?,
             num_heads: heads,
             num_kv_heads: kv_heads,
             head_dim,
-            max_seq_len: self.req_uint(&k("context_length"))?,
+            max_seq_len: self.req_uint(&k(keys::CONTEXT_LENGTH))?,
             rms_norm_eps: self
-                .float(&k("attention.layer_norm_rms_epsilon"))?
+                .float(&k(keys::RMS_EPS))?
                 .ok_or_else(|| {
                     self.err(format!(
                         "missing metadata key '{}'",
-                        k("attention.layer_norm_rms_epsilon")
+                        k(keys::RMS_EPS)
                     ))
                 })?,
-            rope_theta: self.float(&k("rope.freq_base"))?.unwrap_or(10000.0),
+            rope_theta: self.float(&k(keys::ROPE_FREQ_BASE))?.unwrap_or(10000.0),
             activation: self.activation(a)?,
-            sub_norms: self.f.tensor_info("blk.0.attn_sub_norm.weight").is_some(),
-            tie_word_embeddings: self.f.tensor_info("output.weight").is_none(),
-            bos_token_id: self.token_id("tokenizer.ggml.bos_token_id")?,
+            sub_norms: self.f.tensor_info(&format!("blk.0.{}", keys::ATTN_SUB_NORM)).is_some(),
+            tie_word_embeddings: self.f.tensor_info(keys::OUTPUT).is_none(),
+            bos_token_id: self.token_id(keys::BOS_ID)?,
             eos_token_ids,
         };
         config.validate().map_err(|e| self.err(e))?;
@@ -319,31 +317,69 @@ impl<'a> Meta<'a> {
     }
 }
 
-/// Shared state of one load.
-struct Loader<'a> {
-    f: &'a GgufFile,
+/// The GGUF file reader, as a [`Source`].
+pub struct GgufSource {
+    f: GgufFile,
     file: String,
-    c: &'a ModelConfig,
-    /// Float projections are ternarized (bitnet archs) rather than kept dense (llama).
-    ternary: bool,
+    info: ModelInfo,
+    /// Float projections are latent or fake-quantized ternary weights (bitnet archs) rather
+    /// than dense ones (llama).
+    float_is_ternary: bool,
     /// Q/K rows are in llama.cpp's permuted RoPE order (arch `llama`).
     permuted_qk: bool,
-    layout: Layout,
 }
 
-impl<'a> Loader<'a> {
-    fn terr(&self, tensor: &str, what: String) -> ModelError {
+impl GgufSource {
+    pub fn open(path: &Path) -> Result<GgufSource, ModelError> {
+        let f = open(path)?;
+        let meta = Meta::new(&f, path);
+        let config = meta.config()?;
+        let arch = meta.arch()?.to_string();
+        let float_is_ternary = arch != "llama";
+        let proj_ternary = f
+            .tensor_info("blk.0.attn_q.weight")
+            .is_some_and(|t| t.ty.is_ternary());
+        let name = f
+            .get(keys::NAME)
+            .and_then(GgufValue::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                path.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "model".into())
+            });
+        Ok(GgufSource {
+            file: path.display().to_string(),
+            info: ModelInfo {
+                config,
+                ternary: float_is_ternary || proj_ternary,
+                name,
+                format: "gguf",
+                arch: Some(arch.clone()),
+            },
+            permuted_qk: arch == "llama",
+            float_is_ternary,
+            f,
+        })
+    }
+
+    /// The parsed file (metadata and tensor directory).
+    pub fn file(&self) -> &GgufFile {
+        &self.f
+    }
+
+    fn terr(&self, tensor: &str, what: impl Into<String>) -> ModelError {
         ModelError::Tensor {
             file: self.file.clone(),
             tensor: tensor.to_string(),
-            what,
+            what: what.into(),
         }
     }
 
     /// Tensor `name`, which must have ggml dims `dims`.
-    fn tensor(&self, name: &str, dims: &[usize]) -> Result<TensorData<'a>, ModelError> {
+    fn tensor(&self, name: &str, dims: &[usize]) -> Result<TensorData<'_>, ModelError> {
         let t = self.f.tensor(name).map_err(|e| match e {
-            GgufError::NoTensor { .. } => self.terr(name, "missing".into()),
+            GgufError::NoTensor { .. } => self.terr(name, "missing"),
             e => gguf_err(e),
         })?;
         if t.dims != dims {
@@ -366,51 +402,45 @@ impl<'a> Loader<'a> {
         Ok(v)
     }
 
-    /// Values as f16: F16 bytes as they are, anything else dequantized and rounded.
-    fn f16s(&self, t: &TensorData) -> Result<Vec<f16>, ModelError> {
-        if t.ty == GgmlType::F16 {
-            let v: Vec<f16> = t
-                .bytes
-                .chunks_exact(2)
-                .map(|b| f16::from_le_bytes([b[0], b[1]]))
-                .collect();
-            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                return Err(self.terr(t.name, format!("element {i} is {}", v[i])));
+    /// A float tensor in its own storage (F32, F16, BF16, or another type's bytes as they
+    /// are), with non-finite values rejected.
+    fn float_tensor(
+        &self,
+        t: &TensorData,
+        rows: usize,
+        cols: usize,
+    ) -> Result<FloatTensor, ModelError> {
+        let halves = || t.bytes.chunks_exact(2).map(|b| [b[0], b[1]]);
+        let data = match t.ty {
+            GgmlType::F32 => FloatData::F32(self.f32s(t)?),
+            GgmlType::F16 => {
+                self.f32s(t)?;
+                FloatData::F16(halves().map(f16::from_le_bytes).collect())
             }
-            return Ok(v);
-        }
-        Ok(self.f32s(t)?.into_iter().map(f16::from_f32).collect())
+            GgmlType::BF16 => {
+                self.f32s(t)?;
+                FloatData::BF16(halves().map(bf16::from_le_bytes).collect())
+            }
+            ty if ty.is_ternary() => FloatData::F32(self.f32s(t)?),
+            ty => {
+                self.f32s(t)?;
+                FloatData::Gguf {
+                    ty,
+                    bytes: t.bytes.to_vec(),
+                }
+            }
+        };
+        Ok(FloatTensor {
+            name: t.name.to_string(),
+            rows,
+            cols,
+            data,
+        })
     }
 
     fn norm(&self, name: &str, dim: usize) -> Result<Vec<f32>, ModelError> {
         let t = self.tensor(name, &[dim])?;
         self.f32s(&t)
-    }
-
-    fn layers(&self) -> Result<Vec<Layer>, ModelError> {
-        crate::model::load_layers(self.c.num_layers, |i| self.layer(i))
-    }
-
-    fn layer(&self, i: usize) -> Result<Layer, ModelError> {
-        let c = self.c;
-        let (h, q, kv, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
-        let p = |name: &str| format!("blk.{i}.{name}");
-        let sub = |name: &str, dim: usize| -> Result<Option<Vec<f32>>, ModelError> {
-            c.sub_norms.then(|| self.norm(&p(name), dim)).transpose()
-        };
-        Ok(Layer {
-            attn_norm: self.norm(&p("attn_norm.weight"), h)?,
-            q: self.linear(&p("attn_q"), q, h, c.num_heads)?,
-            k: self.linear(&p("attn_k"), kv, h, c.num_kv_heads)?,
-            v: self.linear(&p("attn_v"), kv, h, 0)?,
-            attn_sub_norm: sub("attn_sub_norm.weight", q)?,
-            o: self.linear(&p("attn_output"), h, q, 0)?,
-            ffn_norm: self.norm(&p("ffn_norm.weight"), h)?,
-            gate: self.linear(&p("ffn_gate"), ff, h, 0)?,
-            up: self.linear(&p("ffn_up"), ff, h, 0)?,
-            ffn_sub_norm: sub("ffn_sub_norm.weight", ff)?,
-            down: self.linear(&p("ffn_down"), h, ff, 0)?,
-        })
     }
 
     /// The optional `<base>.scale` tensor: one value multiplied into the projection's output.
@@ -428,60 +458,155 @@ impl<'a> Loader<'a> {
 
     /// Projection `<base>.weight`, torch `[rows (out)][cols (in)]`, ggml dims `[cols, rows]`.
     /// `rope_heads` > 0 marks Q or K with that many heads: rows are un-permuted under `llama`.
-    fn linear(
+    fn proj(
         &self,
         base: &str,
         rows: usize,
         cols: usize,
         rope_heads: usize,
-    ) -> Result<Linear, ModelError> {
+    ) -> Result<Proj, ModelError> {
         let name = format!("{base}.weight");
         let t = self.tensor(&name, &[cols, rows])?;
         let scale = self.scale(base)?;
         let heads = if self.permuted_qk { rope_heads } else { 0 };
-        let fix = |v: Vec<_>| unpermute_rows(v, rows, cols, heads);
         let mut m = if t.ty.is_ternary() {
-            let mut m = t.to_ternary().map_err(gguf_err)?;
-            m.values = fix(m.values);
-            m
-        } else if self.ternary {
+            t.to_ternary().map_err(gguf_err)?
+        } else if self.float_is_ternary {
             let w = self.f32s(&t)?;
-            fake_quantized(rows, cols, &w).map_or_else(
-                || {
-                    TernaryMatrix::quantize_absmean(rows, cols, &w)
-                        .map_err(|e| self.terr(&name, e.to_string()))
-                },
-                Ok,
-            )?
+            match fake_quantized(rows, cols, &w) {
+                Some(m) => m,
+                None => TernaryMatrix::quantize_absmean(rows, cols, &w)
+                    .map_err(|e| self.terr(&name, e.to_string()))?,
+            }
         } else {
             if scale.is_some() {
                 return Err(self.terr(
                     &format!("{base}.scale"),
-                    "a scale on a dense projection is not supported".into(),
+                    "a scale on a dense projection is not supported",
                 ));
             }
-            return Ok(if t.ty == GgmlType::F32 {
-                Linear::F32 {
-                    w: unpermute_rows(self.f32s(&t)?, rows, cols, heads),
-                    rows,
-                    cols,
-                }
+            let ft = self.float_tensor(&t, rows, cols)?;
+            return Ok(Proj::Dense(if heads > 0 {
+                permute_tensor(&ft, heads, false)?
             } else {
-                Linear::F16 {
-                    w: unpermute_rows(self.f16s(&t)?, rows, cols, heads),
-                    rows,
-                    cols,
-                }
-            });
+                ft
+            }));
         };
+        m.values = unpermute_rows(std::mem::take(&mut m.values), rows, cols, heads);
         if let Some(s) = scale {
             m.gamma *= s;
         }
         if !m.gamma.is_finite() {
             return Err(self.terr(&name, format!("scale {} is not finite", m.gamma)));
         }
-        Ok(Linear::Ternary(PackedTernary::pack(&m, self.layout)))
+        Ok(Proj::Ternary(m))
     }
+}
+
+impl Source for GgufSource {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// A tokenizer built from `tokenizer.ggml.*` (SentencePiece `llama` or byte-level BPE
+    /// `gpt2`, see [`crate::gguf_tokenizer`]); when that fails the model loads without one,
+    /// the reason in `tokenizer_error`. Stop tokens are the EOS and EOT ids of the metadata
+    /// plus end-of-turn tokens.
+    fn text(&self) -> Result<TextInterface, ModelError> {
+        let c = &self.info.config;
+        let (tokenizer, tokenizer_error) = match tokenizer_from_gguf(&self.f) {
+            Ok(t) => (t, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let stop_tokens = match &tokenizer {
+            Some(t) => t.stop_tokens(&c.eos_token_ids),
+            None => c.eos_token_ids.clone(),
+        };
+        let chat_template = chat_template(&self.f, tokenizer.as_ref(), c, &self.file)?;
+        Ok(TextInterface {
+            tokenizer,
+            tokenizer_error,
+            tokenizer_origin: "tokenizer.ggml.* (GGUF metadata)",
+            chat_template,
+            chat_template_origin: "tokenizer.chat_template (GGUF metadata)",
+            stop_tokens,
+        })
+    }
+
+    fn vocab(&self, _notes: &mut Vec<String>) -> Result<Option<Vocab>, ModelError> {
+        vocab::from_gguf(&self.f)
+    }
+
+    fn embed(&self) -> Result<FloatTensor, ModelError> {
+        let c = &self.info.config;
+        let t = self.tensor(keys::TOKEN_EMBD, &[c.hidden_size, c.vocab_size])?;
+        self.float_tensor(&t, c.vocab_size, c.hidden_size)
+    }
+
+    fn head(&self) -> Result<Option<FloatTensor>, ModelError> {
+        let c = &self.info.config;
+        if c.tie_word_embeddings {
+            return Ok(None);
+        }
+        let t = self.tensor(keys::OUTPUT, &[c.hidden_size, c.vocab_size])?;
+        self.float_tensor(&t, c.vocab_size, c.hidden_size).map(Some)
+    }
+
+    fn final_norm(&self) -> Result<Vec<f32>, ModelError> {
+        self.norm(keys::OUTPUT_NORM, self.info.config.hidden_size)
+    }
+
+    fn layer(&self, i: usize) -> Result<LayerWeights, ModelError> {
+        let c = &self.info.config;
+        let p = |name: &str| format!("blk.{i}.{name}");
+        let shapes = proj_shapes(c);
+        let mut projs = Vec::with_capacity(N_PROJ);
+        for (k, ((_, base), (rows, cols))) in PROJ_NAMES.iter().zip(shapes).enumerate() {
+            let rope_heads = match k {
+                0 => c.num_heads,
+                1 => c.num_kv_heads,
+                _ => 0,
+            };
+            projs.push(self.proj(&p(base), rows, cols, rope_heads)?);
+        }
+        let projs: [Proj; N_PROJ] = projs
+            .try_into()
+            .map_err(|_| ModelError::Other("projection count".into()))?;
+        let sub = |name: &str, dim: usize| -> Result<Option<Vec<f32>>, ModelError> {
+            c.sub_norms.then(|| self.norm(&p(name), dim)).transpose()
+        };
+        Ok(LayerWeights {
+            attn_norm: self.norm(&p(keys::ATTN_NORM), c.hidden_size)?,
+            attn_sub_norm: sub(keys::ATTN_SUB_NORM, c.q_dim())?,
+            ffn_norm: self.norm(&p(keys::FFN_NORM), c.hidden_size)?,
+            ffn_sub_norm: sub(keys::FFN_SUB_NORM, c.intermediate_size)?,
+            projs,
+        })
+    }
+}
+
+/// `tokenizer.chat_template` of a GGUF file, as llama.cpp uses it, except in bitnet.cpp's
+/// 2B4T files (`bitnet-b1.58`, `bitnet-25`): their embedded template is not the one the model
+/// was tuned with (bitnet-spec.md section 6), so those get the built-in 2B4T template.
+fn chat_template(
+    f: &GgufFile,
+    tokenizer: Option<&Tokenizer>,
+    c: &ModelConfig,
+    file: &str,
+) -> Result<Option<ChatTemplate>, ModelError> {
+    if matches!(f.architecture(), Some("bitnet-b1.58" | "bitnet-25")) {
+        return Ok(None);
+    }
+    let Some(text) = f.get(keys::CHAT_TEMPLATE).and_then(GgufValue::as_str) else {
+        return Ok(None);
+    };
+    let name = |id: Option<u32>| {
+        id.and_then(|i| tokenizer.and_then(|t| t.id_to_token(i)))
+            .unwrap_or_default()
+    };
+    let bos = name(c.bos_token_id);
+    let eos = name(c.eos_token_ids.first().copied());
+    ChatTemplate::from_jinja(format!("{file} (tokenizer.chat_template)"), text, bos, eos).map(Some)
 }
 
 /// `w` as an exact ternary matrix when every nonzero value has the same magnitude `s` (what

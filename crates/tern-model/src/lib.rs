@@ -5,21 +5,25 @@
 //! squared-ReLU or SiLU gated FFN, GQA, rotate-half RoPE); every BitLinear runs on
 //! `tern-kernels` (int8 activations x packed ternary weights), everything else in f32.
 
+pub mod bundled;
 pub mod chat;
 pub mod config;
 pub mod error;
 pub mod forward;
-pub mod generate;
+pub mod fsutil;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod hf;
 pub mod load;
 pub mod model;
 pub mod sample;
+pub mod session;
 pub mod shapes;
+pub mod source;
 pub mod tokenizer;
 
 pub use config::{Activation, ModelConfig};
 pub use error::ModelError;
 pub use forward::State;
-pub use model::{Embedding, Head, Layer, Linear, Model};
+pub use model::{Embedding, Head, HeadKind, Layer, Linear, LoadOptions, Model};
+pub use session::{GenParams, GenStats, ModelPath, Options, Session};

@@ -1,6 +1,8 @@
 //! A loaded model: weights in the forms the kernels run on.
 
 use crate::config::ModelConfig;
+use crate::error::ModelError;
+use crate::source::{FloatTensor, Proj, Source};
 use half::f16;
 use tern_kernels::actquant::QuantizedActs;
 use tern_kernels::dense::{self, Int8Matrix};
@@ -208,6 +210,48 @@ pub struct Model {
     pub head: Head,
 }
 
+/// The LM head's storage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HeadKind {
+    /// f16; tied checkpoints keep sharing the embedding table ([`Head::Tied`]).
+    #[default]
+    F16,
+    /// Per-row int8 ([`Head::Int8`]): a quarter of f16's bytes, a small perplexity cost. Tied
+    /// checkpoints get an int8 copy of the embedding table.
+    Int8,
+}
+
+impl HeadKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            HeadKind::F16 => "f16",
+            HeadKind::Int8 => "int8",
+        }
+    }
+}
+
+/// Choices the checkpoint does not make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Compute layout of the ternary projections.
+    pub layout: Layout,
+    pub head: HeadKind,
+    /// Threads that decode and repack blocks (at least 1; [`crate::session::resolve_threads`]
+    /// gives the count the engine runs with).
+    pub threads: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            layout: Layout::Tern2,
+            head: HeadKind::F16,
+            threads: crate::session::available_threads(),
+        }
+    }
+}
+
+
 /// What a synthetic model's projections are made of.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum SyntheticWeights {
@@ -217,6 +261,54 @@ pub enum SyntheticWeights {
 }
 
 impl Model {
+    /// Builds a runnable model from any reader ([`crate::source::open`]): ternary projections
+    /// repacked into `opts.layout`, dense ones and the embedding table kept in f32 when stored
+    /// as f32 and as f16 otherwise, the LM head tied, f16/f32 or per-row int8 (`opts.head`).
+    /// Blocks are decoded on `opts.threads` threads.
+    pub fn from_source(src: &dyn Source, opts: &LoadOptions) -> Result<Model, ModelError> {
+        let c = src.info().config.clone();
+        let embed_t = src.embed()?;
+        let embed = if embed_t.is_f32() {
+            Embedding::F32(embed_t.to_f32()?)
+        } else {
+            Embedding::F16(embed_t.to_f16()?)
+        };
+        let norm = src.final_norm()?;
+        let layers = load_layers(c.num_layers, opts.threads, |i| {
+            let l = src.layer(i)?;
+            let [q, k, v, o, gate, up, down] = l.projs.map(|p| linear(p, opts.layout));
+            Ok(Layer {
+                attn_norm: l.attn_norm,
+                q: q?,
+                k: k?,
+                v: v?,
+                attn_sub_norm: l.attn_sub_norm,
+                o: o?,
+                ffn_norm: l.ffn_norm,
+                gate: gate?,
+                up: up?,
+                ffn_sub_norm: l.ffn_sub_norm,
+                down: down?,
+            })
+        })?;
+        // Tied checkpoints read the head from the embedding table (transformers ties whenever
+        // the config says so, ignoring any lm_head.weight in the file).
+        let head_t = src.head()?;
+        let head = match (opts.head, head_t) {
+            (HeadKind::F16, None) => Head::Tied,
+            (HeadKind::F16, Some(t)) if t.is_f32() => Head::F32(t.to_f32()?),
+            (HeadKind::F16, Some(t)) => Head::F16(t.to_f16()?),
+            (HeadKind::Int8, t) => Head::Int8(int8_head(t.as_ref().unwrap_or(&embed_t))?),
+        };
+        Ok(Model {
+            config: c,
+            embed,
+            layers,
+            norm,
+            head,
+        })
+    }
+
     /// A model of the given shape with random weights (ternary with P(0) = 1/3, or dense),
     /// unit norms and small random embeddings: for benchmarks of real shapes without files.
     /// Every layer holds a copy of the same random block.
@@ -346,16 +438,58 @@ pub fn synthetic_bytes(c: &ModelConfig, weights: SyntheticWeights) -> usize {
     proj_bytes + c.vocab_size * c.hidden_size * 2
 }
 
-/// Builds `n` blocks with `layer(i)`, several at a time: decoding, quantizing and repacking
-/// billions of weights is the slow part of a load, and blocks are independent. The first
-/// error in layer order wins, so errors do not depend on thread timing.
+/// One projection in the form the kernels run on.
+fn linear(p: Proj, layout: Layout) -> Result<Linear, ModelError> {
+    Ok(match p {
+        Proj::Ternary(m) => Linear::Ternary(PackedTernary::pack(&m, layout)),
+        Proj::Dense(t) if t.is_f32() => Linear::F32 {
+            w: t.to_f32()?,
+            rows: t.rows,
+            cols: t.cols,
+        },
+        Proj::Dense(t) => Linear::F16 {
+            w: t.to_f16()?,
+            rows: t.rows,
+            cols: t.cols,
+        },
+    })
+}
+
+/// Per-row int8 quantization from the checkpoint's own values (no detour through f16), a
+/// block of rows at a time so that no f32 copy of the whole table is made; rows are quantized
+/// independently, so the result equals `Int8Matrix::quantize` of the whole matrix.
+fn int8_head(t: &FloatTensor) -> Result<Int8Matrix, ModelError> {
+    let (rows, cols) = (t.rows, t.cols);
+    if cols > Int8Matrix::MAX_COLS {
+        return Err(ModelError::Other(format!(
+            "tensor {}: {cols} columns exceed the int8 head's limit of {}",
+            t.name,
+            Int8Matrix::MAX_COLS
+        )));
+    }
+    const BLOCK_ROWS: usize = 1024;
+    let mut q = Vec::with_capacity(rows * cols);
+    let mut scales = Vec::with_capacity(rows);
+    for r0 in (0..rows).step_by(BLOCK_ROWS) {
+        let n = BLOCK_ROWS.min(rows - r0);
+        let m = Int8Matrix::quantize(&t.rows_to_f32(r0, n)?, n, cols);
+        for r in 0..n {
+            q.extend_from_slice(m.row(r));
+        }
+        scales.extend_from_slice(&m.scales);
+    }
+    Ok(Int8Matrix::from_parts(rows, cols, &q, &scales))
+}
+
+/// Builds `n` blocks with `layer(i)` on `threads` threads: decoding, quantizing and
+/// repacking billions of weights is the slow part of a load, and blocks are independent. The
+/// first error in layer order wins, so errors do not depend on thread timing.
 pub(crate) fn load_layers<E: Send>(
     n: usize,
+    threads: usize,
     layer: impl Fn(usize) -> Result<Layer, E> + Sync,
 ) -> Result<Vec<Layer>, E> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |t| t.get())
-        .clamp(1, n.max(1));
+    let threads = threads.clamp(1, n.max(1));
     let layer = &layer;
     let mut results: Vec<Option<Result<Layer, E>>> = (0..n).map(|_| None).collect();
     std::thread::scope(|s| {

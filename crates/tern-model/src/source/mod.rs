@@ -1,12 +1,30 @@
-//! The format-neutral model a conversion passes through: read from one format a layer at a
-//! time, written to another. Row order is Hugging Face's (torch `[out][in]`, NeoX RoPE halves);
-//! GGUF readers and writers apply llama.cpp's Q/K permutation for arch `llama` themselves.
+//! One reader per file format: a Hugging Face directory ([`crate::hf::HfSource`]) or a GGUF
+//! file ([`crate::gguf::GgufSource`]) read into one format-neutral description of a model
+//! ([`Source`]: config, text interface, tensors by role, ternary projections with their
+//! scales). The engine builds a runnable [`crate::Model`] from it
+//! ([`crate::Model::from_source`]) and `tern convert` writes it to another format, so a
+//! checkpoint form or model family is taught to tern once.
+//!
+//! A source is read one piece at a time (a block of layers at most), so neither a load nor a
+//! conversion holds more than a block of unpacked weights besides its output. Row order is
+//! Hugging Face's (torch `[out][in]`, NeoX RoPE halves); the GGUF reader undoes llama.cpp's
+//! Q/K permutation for arch `llama`, and the GGUF writer applies it.
 
-use crate::error::ConvertError;
+pub mod vocab;
+
+use crate::chat::ChatTemplate;
+use crate::config::ModelConfig;
+use crate::error::ModelError;
+use crate::tokenizer::Tokenizer;
 use half::{bf16, f16};
+use std::path::Path;
 use tern_gguf::{quants, GgmlType};
 use tern_kernels::TernaryMatrix;
-use tern_model::ModelConfig;
+
+/// `tensor NAME: WHAT` (a tensor of a source already known to the caller by file).
+fn tensor_err(name: &str, what: impl Into<String>) -> ModelError {
+    ModelError::Other(format!("tensor {name}: {}", what.into()))
+}
 
 /// Float values in the storage they came in, so that a conversion keeps them exactly when the
 /// target can hold that storage.
@@ -42,19 +60,34 @@ impl FloatTensor {
 
     /// The values as f32 (exact for every storage but the GGUF quantized types, which are
     /// dequantized as ggml does).
-    pub fn to_f32(&self) -> Result<Vec<f32>, ConvertError> {
+    pub fn to_f32(&self) -> Result<Vec<f32>, ModelError> {
         Ok(match &self.data {
             FloatData::F32(v) => v.clone(),
             FloatData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
             FloatData::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
             FloatData::Gguf { ty, bytes } => quants::dequantize(*ty, bytes, self.len())
-                .map_err(|what| ConvertError::tensor(&self.name, what))?,
+                .map_err(|what| tensor_err(&self.name, what))?,
+        })
+    }
+
+    /// Rows `r0 .. r0 + n` as f32 (a block of a large table, without converting the rest).
+    pub fn rows_to_f32(&self, r0: usize, n: usize) -> Result<Vec<f32>, ModelError> {
+        let (a, b) = (r0 * self.cols, (r0 + n) * self.cols);
+        Ok(match &self.data {
+            FloatData::F32(v) => v[a..b].to_vec(),
+            FloatData::F16(v) => v[a..b].iter().map(|x| x.to_f32()).collect(),
+            FloatData::BF16(v) => v[a..b].iter().map(|x| x.to_f32()).collect(),
+            FloatData::Gguf { ty, bytes } => {
+                let row_bytes = bytes.len() / self.rows.max(1);
+                quants::dequantize(*ty, &bytes[r0 * row_bytes..(r0 + n) * row_bytes], b - a)
+                    .map_err(|what| tensor_err(&self.name, what))?
+            }
         })
     }
 
     /// The values as f16: exact for F16, rounded to nearest otherwise (one pass, no f32 copy
     /// of the tensor). Values beyond f16's range are an error naming the tensor and element.
-    pub fn to_f16(&self) -> Result<Vec<f16>, ConvertError> {
+    pub fn to_f16(&self) -> Result<Vec<f16>, ModelError> {
         let h: Vec<f16> = match &self.data {
             FloatData::F16(v) => return Ok(v.clone()),
             FloatData::F32(v) => v.iter().map(|&x| f16::from_f32(x)).collect(),
@@ -63,7 +96,7 @@ impl FloatTensor {
         };
         if let Some(i) = h.iter().position(|x| !x.is_finite()) {
             let source = self.to_f32()?[i];
-            return Err(ConvertError::tensor(
+            return Err(tensor_err(
                 &self.name,
                 format!("element {i} = {source} does not fit in f16 (|x| > 65504)"),
             ));
@@ -138,33 +171,73 @@ pub const TOKEN_CONTROL: i32 = 3;
 pub const TOKEN_USER_DEFINED: i32 = 4;
 pub const TOKEN_UNUSED: i32 = 5;
 
-/// Everything about a model except its tensors.
+/// Everything about a model except its tensors and its text interface.
 #[derive(Clone, Debug)]
 pub struct ModelInfo {
     pub config: ModelConfig,
     /// Projections are ternary (BitNet); otherwise dense (LLaMA).
     pub ternary: bool,
     pub name: String,
-    pub vocab: Option<Vocab>,
-    /// Caveats found while reading (passed on in the conversion's report).
-    pub notes: Vec<String>,
+    /// `hf` or `gguf`.
+    pub format: &'static str,
+    /// The GGUF architecture, for GGUF sources.
+    pub arch: Option<String>,
 }
 
-/// A model being read, one piece at a time so that a conversion never holds more than one
-/// block of unpacked weights.
-pub trait Source {
+/// What turns text into a model's tokens and back, as the checkpoint describes it.
+pub struct TextInterface {
+    pub tokenizer: Option<Tokenizer>,
+    /// Why the checkpoint's tokenizer could not be built (an unsupported GGUF
+    /// `tokenizer.ggml.model` or `pre`, or broken metadata); the model still takes token ids.
+    pub tokenizer_error: Option<String>,
+    /// Where the tokenizer came from, for `tern info`.
+    pub tokenizer_origin: &'static str,
+    /// The checkpoint's own template, or `None` when it ships none (or, for bitnet.cpp's 2B4T
+    /// files, ships one the model was not tuned with).
+    pub chat_template: Option<ChatTemplate>,
+    pub chat_template_origin: &'static str,
+    /// Tokens that end generation: the config's EOS ids plus end-of-turn tokens in the vocab.
+    pub stop_tokens: Vec<u32>,
+}
+
+/// A model being read, one piece at a time. `Sync`, so that blocks load on several threads.
+pub trait Source: Sync {
     fn info(&self) -> &ModelInfo;
+    /// The tokenizer, chat template and stop tokens the engine runs with.
+    fn text(&self) -> Result<TextInterface, ModelError>;
+    /// The tokenizer as a GGUF vocabulary (for conversion); `None` when the model ships
+    /// none. Caveats go to `notes`.
+    fn vocab(&self, notes: &mut Vec<String>) -> Result<Option<Vocab>, ModelError>;
     /// `token_embd` / `model.embed_tokens`, `[vocab][hidden]`.
-    fn embed(&self) -> Result<FloatTensor, ConvertError>;
+    fn embed(&self) -> Result<FloatTensor, ModelError>;
     /// The untied LM head, `[vocab][hidden]`; `None` when tied.
-    fn head(&self) -> Result<Option<FloatTensor>, ConvertError>;
-    fn final_norm(&self) -> Result<Vec<f32>, ConvertError>;
-    fn layer(&self, i: usize) -> Result<LayerWeights, ConvertError>;
+    fn head(&self) -> Result<Option<FloatTensor>, ModelError>;
+    fn final_norm(&self) -> Result<Vec<f32>, ModelError>;
+    fn layer(&self, i: usize) -> Result<LayerWeights, ModelError>;
 }
 
-// The row permutations and the fake-quantized-ternary rule are the GGUF loader's own, so
-// conversion and loading cannot drift apart.
-pub use tern_model::gguf::{fake_quantized, permute_rows, unpermute_rows};
+pub use crate::gguf::{fake_quantized, permute_rows, unpermute_rows};
+
+/// Opens a model for reading: a Hugging Face directory (`config.json`, `*.safetensors`) or a
+/// GGUF file (`.gguf` or the GGUF magic). Errors say what `path` is and what was expected.
+pub fn open(path: &Path) -> Result<Box<dyn Source>, ModelError> {
+    if !path.exists() {
+        return Err(ModelError::Io {
+            path: path.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        });
+    }
+    if crate::gguf::is_gguf(path) {
+        return Ok(Box::new(crate::gguf::GgufSource::open(path)?));
+    }
+    if path.is_dir() {
+        return Ok(Box::new(crate::hf::HfSource::open(path)?));
+    }
+    Err(ModelError::Other(format!(
+        "{}: not a model (expected a Hugging Face directory with config.json or a .gguf file)",
+        path.display()
+    )))
+}
 
 /// Applies `f` to the rows of a float tensor, whatever its storage (quantized GGUF data is
 /// dequantized to f32 first).
@@ -173,7 +246,7 @@ pub fn map_rows(
     f: impl Fn(&[f32]) -> Vec<f32> + Copy,
     f16f: impl Fn(&[f16]) -> Vec<f16>,
     bf16f: impl Fn(&[bf16]) -> Vec<bf16>,
-) -> Result<FloatTensor, ConvertError> {
+) -> Result<FloatTensor, ModelError> {
     let data = match &t.data {
         FloatData::F32(v) => FloatData::F32(f(v)),
         FloatData::F16(v) => FloatData::F16(f16f(v)),
@@ -189,12 +262,28 @@ pub fn map_rows(
 }
 
 /// Q/K of a dense LLaMA permuted (`to_gguf`) or un-permuted for llama.cpp's RoPE order.
+/// Quantized GGUF storage is permuted row by row as bytes (each row is whole blocks), so it
+/// keeps its type and its exact values.
 pub fn permute_tensor(
     t: &FloatTensor,
     heads: usize,
     to_gguf: bool,
-) -> Result<FloatTensor, ConvertError> {
+) -> Result<FloatTensor, ModelError> {
     let (r, c) = (t.rows, t.cols);
+    if let FloatData::Gguf { ty, bytes } = &t.data {
+        let row_bytes = bytes.len() / r.max(1);
+        let bytes = if to_gguf {
+            permute_rows(bytes, r, row_bytes, heads)
+        } else {
+            unpermute_rows(bytes.clone(), r, row_bytes, heads)
+        };
+        return Ok(FloatTensor {
+            name: t.name.clone(),
+            rows: r,
+            cols: c,
+            data: FloatData::Gguf { ty: *ty, bytes },
+        });
+    }
     if to_gguf {
         map_rows(
             t,

@@ -1,9 +1,9 @@
 //! The model tern uses when none is given: a small BitNet b1.58 model trained by tern itself
-//! on the bundled State of the Union corpus (docs/model-card.md). It is embedded in the binary
-//! so that `tern run` and `tern chat` work on a fresh machine with nothing downloaded, and
-//! written once to the cache directory because the loaders memory-map files.
+//! on the bundled State of the Union corpus (docs/model-card.md). It is embedded in the library
+//! so that `tern run`, `tern chat` and `tern serve` work on a fresh machine with nothing
+//! downloaded, and written once to the cache directory because the loaders memory-map files.
 
-use anyhow::{Context, Result};
+use crate::error::ModelError;
 use std::path::PathBuf;
 
 pub const NAME: &str = "tern-sotu-b158";
@@ -25,12 +25,17 @@ fn cache_dir() -> PathBuf {
 
 /// Path of the bundled GGUF, written (atomically) on first use. The name carries a hash of
 /// the content, so a new tern with a new model never reads an old file.
-pub fn path() -> Result<PathBuf> {
+pub fn path() -> Result<PathBuf, ModelError> {
     let dir = cache_dir();
     let path = dir.join(format!("{NAME}-{:016x}.gguf", fnv1a64(BYTES)));
     if path.metadata().is_ok_and(|m| m.len() == BYTES.len() as u64) {
         return Ok(path);
     }
-    tern_train::data::write_atomic(&path, BYTES).context("writing the bundled model")?;
+    let io = |source| ModelError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    crate::fsutil::write_atomic(&path, BYTES).map_err(io)?;
     Ok(path)
 }
