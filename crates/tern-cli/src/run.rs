@@ -214,7 +214,9 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let loaded = s.loaded.clone();
     let prompt = match (&a.prompt, &a.prompt_ids) {
         (_, Some(ids)) => parse_ids(ids)?,
-        (Some(text), None) => s.encode(text).map_err(|e| anyhow::anyhow!("{e}: use --prompt-ids"))?,
+        (Some(text), None) => s
+            .encode(text)
+            .map_err(|e| anyhow::anyhow!("{e}: use --prompt-ids"))?,
         (None, None) => bail!("give a prompt with -p TEXT or --prompt-ids \"ID ID ...\""),
     };
     // Like llama.cpp: a prompt must fit; generation stops where the context ends.
@@ -416,7 +418,8 @@ pub fn logits(a: &LogitsArgs) -> Result<()> {
 
 /// Writes `data` to `path` atomically ([`tern_model::fsutil::write_atomic`]).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    tern_model::fsutil::write_atomic(path, data).with_context(|| format!("writing {}", path.display()))
+    tern_model::fsutil::write_atomic(path, data)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn or_none<T: std::fmt::Display>(v: Option<T>) -> String {

@@ -15,15 +15,15 @@
 //!   recovers q and gamma exactly from them.
 
 use crate::error::ConvertError;
-use tern_model::source::{
-    permute_rows, permute_tensor, FloatData, FloatTensor, ModelInfo, Proj, Source, PROJ_NAMES,
-};
 use crate::{vocab, HeadType, Progress, WeightType};
 use half::f16;
 use std::path::Path;
 use tern_gguf::{quants, GgmlType, GgufValue, GgufWriter};
 use tern_kernels::TernaryMatrix;
 use tern_model::gguf::keys;
+use tern_model::source::{
+    permute_rows, permute_tensor, FloatData, FloatTensor, ModelInfo, Proj, Source, PROJ_NAMES,
+};
 use tern_model::Activation;
 
 /// llama.cpp's `llama_ftype` values for `general.file_type`.
@@ -120,10 +120,7 @@ pub fn write(
 
     w.add_kv(keys::ARCHITECTURE, GgufValue::String(arch.into()))?;
     w.add_kv(keys::NAME, GgufValue::String(info.name.clone()))?;
-    w.add_kv(
-        keys::FILE_TYPE,
-        GgufValue::U32(file_type(ty, info.ternary)),
-    )?;
+    w.add_kv(keys::FILE_TYPE, GgufValue::U32(file_type(ty, info.ternary)))?;
     w.add_kv(keys::QUANTIZATION_VERSION, GgufValue::U32(2))?;
     for (key, v) in [
         (keys::VOCAB_SIZE, c.vocab_size),
@@ -137,15 +134,15 @@ pub fn write(
     ] {
         w.add_kv(k(key), u32v(v, &k(key))?)?;
     }
-    w.add_kv(
-        k(keys::RMS_EPS),
-        GgufValue::F32(c.rms_norm_eps),
-    )?;
+    w.add_kv(k(keys::RMS_EPS), GgufValue::F32(c.rms_norm_eps))?;
     w.add_kv(k(keys::ROPE_FREQ_BASE), GgufValue::F32(c.rope_theta))?;
     // bitnet-b1.58 implies relu2; for `bitnet` and `llama` the key says it (upstream reads
     // `<arch>.hidden_activation` where it has the fix; tern always does).
     if c.activation == Activation::Relu2 && arch != "bitnet-b1.58" {
-        w.add_kv(k(keys::HIDDEN_ACTIVATION), GgufValue::String("relu2".into()))?;
+        w.add_kv(
+            k(keys::HIDDEN_ACTIVATION),
+            GgufValue::String("relu2".into()),
+        )?;
         if arch == "bitnet" {
             notes.push(
                 "arch bitnet with bitnet.hidden_activation = relu2: llama.cpp builds without \
@@ -187,14 +184,8 @@ pub fn write(
             // The special ids are model config too (tern reads its stop tokens from them).
             let ids = [
                 (keys::BOS_ID, c.bos_token_id),
-                (
-                    keys::EOS_ID,
-                    c.eos_token_ids.first().copied(),
-                ),
-                (
-                    keys::EOT_ID,
-                    c.eos_token_ids.get(1).copied(),
-                ),
+                (keys::EOS_ID, c.eos_token_ids.first().copied()),
+                (keys::EOT_ID, c.eos_token_ids.get(1).copied()),
             ];
             for (key, id) in ids {
                 if let Some(id) = id {

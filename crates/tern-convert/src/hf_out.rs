@@ -20,11 +20,11 @@
 //! failed conversion never leaves a half-written model under OUT.
 
 use crate::error::ConvertError;
-use tern_model::source::{FloatData, FloatTensor, Proj, Source, PROJ_NAMES};
 use crate::{vocab, Progress};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use tern_kernels::formats::hf as hf_packed;
+use tern_model::source::{FloatData, FloatTensor, Proj, Source, PROJ_NAMES};
 use tern_model::Activation;
 
 /// Raw little-endian bytes of one safetensors tensor.

@@ -7,8 +7,8 @@ use serde_json::{json, Map, Value};
 use tern_gguf::{GgufArray, GgufValue, GgufWriter};
 use tern_model::gguf::keys;
 use tern_model::gguf_tokenizer::LLAMA3_PATTERN;
-use tern_model::source::{Vocab, TOKEN_CONTROL, TOKEN_UNUSED, TOKEN_USER_DEFINED};
 pub use tern_model::source::vocab::{TOKENIZER_CONFIG_FILE, TOKENIZER_FILE};
+use tern_model::source::{Vocab, TOKEN_CONTROL, TOKEN_UNUSED, TOKEN_USER_DEFINED};
 
 /// Writes the `tokenizer.ggml.*` keys.
 pub fn write_gguf(w: &mut GgufWriter, v: &Vocab) -> Result<(), ConvertError> {

@@ -12,9 +12,10 @@ use common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use tern_convert::model::{Proj, Source};
-use tern_convert::{convert, gguf_in::GgufSource, HeadType, Options, WeightType};
+use tern_convert::{convert, HeadType, Options, WeightType};
 use tern_gguf::{GgufArray, GgufFile, GgufValue};
+use tern_model::gguf::GgufSource;
+use tern_model::source::{Proj, Source};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -126,7 +127,7 @@ fn check_with_gguf_py(py: &str, path: &Path, out: &Path) -> usize {
     // gguf-py's TQ values times `.scale` are tern's ternary weights exactly.
     let src = GgufSource::open(path).unwrap();
     let l = src.layer(0).unwrap();
-    for (proj, (_, base)) in l.projs.iter().zip(tern_convert::model::PROJ_NAMES) {
+    for (proj, (_, base)) in l.projs.iter().zip(tern_model::source::PROJ_NAMES) {
         let Proj::Ternary(m) = proj else {
             panic!("dense")
         };

@@ -8,10 +8,11 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use tern_convert::model::{Proj, Source};
-use tern_convert::{convert, gguf_in::GgufSource, hf_in::HfSource, HeadType, Options, WeightType};
+use tern_convert::{convert, HeadType, Options, WeightType};
 use tern_gguf::{GgmlType, GgufFile};
+use tern_model::source::{Proj, Source};
 use tern_model::{gguf, hf};
+use tern_model::{gguf::GgufSource, hf::HfSource};
 
 const TYPES: [WeightType; 4] = [
     WeightType::TQ2_0,

@@ -167,7 +167,10 @@ impl<'a> Meta<'a> {
             .ok_or_else(|| self.err(format!("missing metadata key '{}'", keys::ARCHITECTURE)))?
             .as_str()
             .ok_or_else(|| {
-                self.err(format!("metadata key '{}' is not a string", keys::ARCHITECTURE))
+                self.err(format!(
+                    "metadata key '{}' is not a string",
+                    keys::ARCHITECTURE
+                ))
             })?;
         if !ARCHS.contains(&a) {
             return Err(self.err(format!(
@@ -262,11 +265,7 @@ impl<'a> Meta<'a> {
         }
         let vocab = match self.uint(&k(keys::VOCAB_SIZE))? {
             Some(v) => v,
-            None => match self
-                .f
-                .get(keys::TOKENS)
-                .and_then(GgufValue::as_array)
-            {
+            None => match self.f.get(keys::TOKENS).and_then(GgufValue::as_array) {
                 Some(t) => t.len(),
                 // Last resort: the embedding table's row count (ne1).
                 None => self
@@ -299,15 +298,13 @@ impl<'a> Meta<'a> {
             max_seq_len: self.req_uint(&k(keys::CONTEXT_LENGTH))?,
             rms_norm_eps: self
                 .float(&k(keys::RMS_EPS))?
-                .ok_or_else(|| {
-                    self.err(format!(
-                        "missing metadata key '{}'",
-                        k(keys::RMS_EPS)
-                    ))
-                })?,
+                .ok_or_else(|| self.err(format!("missing metadata key '{}'", k(keys::RMS_EPS))))?,
             rope_theta: self.float(&k(keys::ROPE_FREQ_BASE))?.unwrap_or(10000.0),
             activation: self.activation(a)?,
-            sub_norms: self.f.tensor_info(&format!("blk.0.{}", keys::ATTN_SUB_NORM)).is_some(),
+            sub_norms: self
+                .f
+                .tensor_info(&format!("blk.0.{}", keys::ATTN_SUB_NORM))
+                .is_some(),
             tie_word_embeddings: self.f.tensor_info(keys::OUTPUT).is_none(),
             bos_token_id: self.token_id(keys::BOS_ID)?,
             eos_token_ids,

@@ -251,7 +251,6 @@ impl Default for LoadOptions {
     }
 }
 
-
 /// What a synthetic model's projections are made of.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum SyntheticWeights {

@@ -218,7 +218,11 @@ impl Session {
             });
         }
         let budget = p.max_new.min(left - prompt.len());
-        if self.sampler.as_ref().is_none_or(|s| *s.config() != p.sampling) {
+        if self
+            .sampler
+            .as_ref()
+            .is_none_or(|s| *s.config() != p.sampling)
+        {
             p.sampling
                 .validate()
                 .map_err(|e| ModelError::Other(format!("sampling: {e}")))?;

@@ -30,10 +30,10 @@ use crate::error::ModelError;
 use crate::model::Model;
 pub use crate::model::{HeadKind, LoadOptions};
 use safetensors::Dtype;
+pub use source::HfSource;
 use std::path::Path;
 use tern_kernels::formats::hf as hf_packed;
 use tern_kernels::TernaryMatrix;
-pub use source::HfSource;
 pub use weights::{Tensor, Weights};
 
 pub const CONFIG_FILE: &str = "config.json";

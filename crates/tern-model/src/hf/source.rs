@@ -205,7 +205,11 @@ impl Source for HfSource {
     }
 
     fn final_norm(&self) -> Result<Vec<f32>, ModelError> {
-        self.norm("model.norm.weight", self.info.config.hidden_size, "hidden_size")
+        self.norm(
+            "model.norm.weight",
+            self.info.config.hidden_size,
+            "hidden_size",
+        )
     }
 
     fn layer(&self, i: usize) -> Result<LayerWeights, ModelError> {

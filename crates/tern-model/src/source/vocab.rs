@@ -26,9 +26,14 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 
 fn read_json(path: &Path) -> Result<Value, ModelError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io { path: path.display().to_string(), source: e })?;
-    serde_json::from_str(&text)
-        .map_err(|e| ModelError::Config { file: path.display().to_string(), what: format!("invalid JSON: {e}") })
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io {
+        path: path.display().to_string(),
+        source: e,
+    })?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        file: path.display().to_string(),
+        what: format!("invalid JSON: {e}"),
+    })
 }
 
 /// The `tokenizer.ggml.pre` name of a `tokenizer.json` pre-tokenizer, or why it is not
@@ -104,7 +109,10 @@ pub fn from_hf_dir(
         return Ok(None);
     }
     let file = path.display().to_string();
-    let err = |what: String| ModelError::Config { file: file.clone(), what };
+    let err = |what: String| ModelError::Config {
+        file: file.clone(),
+        what,
+    };
     let tj = read_json(&path)?;
     let tc_path = dir.join(TOKENIZER_CONFIG_FILE);
     let tc = if tc_path.is_file() {
@@ -282,7 +290,10 @@ pub fn from_hf_dir(
 /// tokenizer; an error for another tokenizer model or an unsupported `pre`.
 pub fn from_gguf(f: &GgufFile) -> Result<Option<Vocab>, ModelError> {
     let file = f.path().display().to_string();
-    let err = |what: String| ModelError::Config { file: file.clone(), what };
+    let err = |what: String| ModelError::Config {
+        file: file.clone(),
+        what,
+    };
     let model = match f.get(keys::TOKENIZER_MODEL) {
         None => return Ok(None),
         Some(v) => v
@@ -305,8 +316,8 @@ pub fn from_gguf(f: &GgufFile) -> Result<Option<Vocab>, ModelError> {
                 .ok_or_else(|| err(format!("{key} is not a string array"))),
         }
     };
-    let tokens = strings(keys::TOKENS)?
-        .ok_or_else(|| err("tokenizer.ggml.tokens is missing".into()))?;
+    let tokens =
+        strings(keys::TOKENS)?.ok_or_else(|| err("tokenizer.ggml.tokens is missing".into()))?;
     let merges = strings(keys::MERGES)?.unwrap_or_default();
     let types: Vec<i32> = match f.get(keys::TOKEN_TYPE) {
         None => vec![TOKEN_NORMAL; tokens.len()],
