@@ -328,7 +328,7 @@ pub fn chat(a: &ChatArgs) -> Result<()> {
     let keep = messages.len();
     // Tokens currently in the KV cache, to reuse the shared prefix of the next turn.
     let mut cached: Vec<u32> = Vec::new();
-    let mut told_dropped = false;
+    let (mut told_dropped, mut told_cut) = (false, false);
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
     let stdin = std::io::stdin();
     loop {
@@ -388,8 +388,9 @@ pub fn chat(a: &ChatArgs) -> Result<()> {
             write!(out, "{t}")?;
         }
         writeln!(out)?;
-        if !stats.stopped {
-            eprintln!("tern: reply cut at {reply_cap} tokens (-n)");
+        if !stats.stopped && !told_cut {
+            eprintln!("tern: replies are cut at {reply_cap} tokens (-n)");
+            told_cut = true;
         }
         cached = ids;
         cached.extend_from_slice(&reply[..reply.len().saturating_sub(1)]);
