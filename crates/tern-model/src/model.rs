@@ -177,7 +177,7 @@ pub enum Head {
     F16(Vec<f16>),
     F32(Vec<f32>),
     /// Per-row int8 weights with int8 activations: a quarter of f16's bytes, measured
-    /// perplexity cost reported by `tern eval`.
+    /// perplexity cost measured by `tern perplexity --head int8` (docs/engine.md).
     Int8(Int8Matrix),
 }
 
