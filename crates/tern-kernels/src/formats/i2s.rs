@@ -49,7 +49,7 @@ fn slot(e: usize) -> (usize, u32) {
 
 /// Packs `m` as I2_S with `m.gamma` as the scale.
 pub fn pack(m: &TernaryMatrix) -> Result<Vec<u8>, KernelError> {
-    check_matrix(m)?;
+    m.check(FORMAT)?;
     check_shape(m.rows, m.cols)?;
     let n = m.values.len();
     let mut out = vec![0u8; byte_len(m.rows, m.cols)];
@@ -119,29 +119,6 @@ fn check_shape(rows: usize, cols: usize) -> Result<(), KernelError> {
         });
     }
     Ok(())
-}
-
-/// `TernaryMatrix` has public fields, so a hand-built one may be inconsistent.
-fn check_matrix(m: &TernaryMatrix) -> Result<(), KernelError> {
-    if m.rows.checked_mul(m.cols) != Some(m.values.len()) {
-        return Err(KernelError::Shape {
-            format: FORMAT,
-            what: format!(
-                "{} values for a {}x{} matrix",
-                m.values.len(),
-                m.rows,
-                m.cols
-            ),
-        });
-    }
-    match m.values.iter().position(|v| !(-1..=1).contains(v)) {
-        Some(index) => Err(KernelError::NotTernary {
-            format: FORMAT,
-            index,
-            value: m.values[index] as i32,
-        }),
-        None => Ok(()),
-    }
 }
 
 #[cfg(test)]
