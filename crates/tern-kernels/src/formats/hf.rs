@@ -24,7 +24,7 @@
 //!   upstream llama.cpp converter maps it to 0. [`unpack`] rejects it instead, naming the row
 //!   and column, because silently changing a weight hides a corrupt or misread tensor.
 
-use super::TernaryMatrix;
+use super::{check_byte_len, TernaryMatrix};
 use crate::error::KernelError;
 
 const FORMAT: &str = "hf-bitnet";
@@ -71,15 +71,7 @@ pub fn unpack(
             format: FORMAT,
             what: format!("{rows}x{cols} overflows usize"),
         })?;
-    if bytes.len() != expected {
-        return Err(KernelError::ByteLength {
-            format: FORMAT,
-            rows,
-            cols,
-            expected,
-            got: bytes.len(),
-        });
-    }
+    check_byte_len(bytes, expected, rows, cols, FORMAT)?;
     let mut values = vec![0i8; rows * cols];
     for row in 0..rows {
         let (plane, r) = (row / r_count, row % r_count);

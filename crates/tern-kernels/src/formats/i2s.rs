@@ -24,7 +24,7 @@
 //!   each row to be whole blocks, `in % 128 == 0`; real models have in = 2560 or 6912.)
 //! - **code 3** never appears in a valid file; [`unpack`] rejects it, naming the element.
 
-use super::TernaryMatrix;
+use super::{check_byte_len, TernaryMatrix};
 use crate::error::KernelError;
 
 const FORMAT: &str = "i2_s";
@@ -66,15 +66,7 @@ pub fn unpack(bytes: &[u8], rows: usize, cols: usize) -> Result<TernaryMatrix, K
     check_shape(rows, cols)?;
     let n = rows * cols;
     let expected = byte_len(rows, cols);
-    if bytes.len() != expected {
-        return Err(KernelError::ByteLength {
-            format: FORMAT,
-            rows,
-            cols,
-            expected,
-            got: bytes.len(),
-        });
-    }
+    check_byte_len(bytes, expected, rows, cols, FORMAT)?;
     let mut values = vec![0i8; n];
     for (e, v) in values.iter_mut().enumerate() {
         let (byte, shift) = slot(e);

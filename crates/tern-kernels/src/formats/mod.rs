@@ -16,6 +16,27 @@ pub mod tq2_0;
 use crate::error::KernelError;
 use crate::rng::Rng;
 
+/// The error every unpacker gives when `bytes` is not the `expected` size of a `rows x cols`
+/// matrix.
+fn check_byte_len(
+    bytes: &[u8],
+    expected: usize,
+    rows: usize,
+    cols: usize,
+    format: &'static str,
+) -> Result<(), KernelError> {
+    if bytes.len() != expected {
+        return Err(KernelError::ByteLength {
+            format,
+            rows,
+            cols,
+            expected,
+            got: bytes.len(),
+        });
+    }
+    Ok(())
+}
+
 /// Ternary weights in plain form: the reference every packed layout round-trips through.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TernaryMatrix {

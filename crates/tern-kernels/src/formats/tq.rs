@@ -24,7 +24,7 @@
 
 use half::f16;
 
-use super::TernaryMatrix;
+use super::{check_byte_len, TernaryMatrix};
 use crate::error::KernelError;
 
 /// Values per block.
@@ -253,16 +253,7 @@ fn check_len(
             what: format!("{rows}x{cols} overflows usize"),
         });
     };
-    if bytes.len() != expected {
-        return Err(KernelError::ByteLength {
-            format,
-            rows,
-            cols,
-            expected,
-            got: bytes.len(),
-        });
-    }
-    Ok(())
+    check_byte_len(bytes, expected, rows, cols, format)
 }
 
 fn check_f32_len(len: usize, format: &'static str) -> Result<(), KernelError> {
