@@ -311,40 +311,26 @@ fn add_float(
             w.add_tensor(name, GgmlType::F16, &dims, f16_bytes(&t.to_f16()?))?
         }
         (HeadType::F32, _) => w.add_f32(name, GgmlType::F32, &dims, &t.to_f32()?)?,
-        (HeadType::Q8_0, _) => {
-            if !t.cols.is_multiple_of(32) {
+        (HeadType::Q8_0 | HeadType::Q6K, _) => {
+            let ty = if head == HeadType::Q8_0 {
+                GgmlType::Q8_0
+            } else {
+                GgmlType::Q6_K
+            };
+            let block = ty.traits().block_size;
+            if !t.cols.is_multiple_of(block) {
                 return Err(ConvertError::tensor(
                     name,
                     format!(
-                        "Q8_0 needs rows of a multiple of 32 values, this one has {}",
+                        "{} needs rows of a multiple of {block} values, this one has {}",
+                        ty.name(),
                         t.cols
                     ),
                 ));
             }
-            w.add_tensor(
-                name,
-                GgmlType::Q8_0,
-                &dims,
-                quants::quantize_q8_0(&t.to_f32()?).map_err(|e| ConvertError::tensor(name, e))?,
-            )?
-        }
-        (HeadType::Q6K, _) => {
-            if !t.cols.is_multiple_of(crate::q6k::QK_K) {
-                return Err(ConvertError::tensor(
-                    name,
-                    format!(
-                        "Q6_K needs rows of a multiple of 256 values, this one has {}",
-                        t.cols
-                    ),
-                ));
-            }
-            w.add_tensor(
-                name,
-                GgmlType::Q6_K,
-                &dims,
-                crate::q6k::quantize_q6_k(&t.to_f32()?)
-                    .map_err(|e| ConvertError::tensor(name, e))?,
-            )?
+            let bytes =
+                quants::quantize(ty, &t.to_f32()?).map_err(|e| ConvertError::tensor(name, e))?;
+            w.add_tensor(name, ty, &dims, bytes)?
         }
     }
     Ok(())

@@ -14,7 +14,6 @@
 pub mod error;
 pub mod gguf_out;
 pub mod hf_out;
-pub mod q6k;
 pub mod vocab;
 
 pub use error::ConvertError;
@@ -71,7 +70,8 @@ pub enum HeadType {
     F32,
     F16,
     Q8_0,
-    /// tern's own Q6_K quantizer ([`q6k`]); rows must be a multiple of 256 values.
+    /// tern's own Q6_K quantizer (`tern_gguf::quants::quantize_q6_k`); rows must be a multiple
+    /// of 256 values.
     Q6K,
 }
 

@@ -9,7 +9,11 @@
 //!   ([`TensorData::to_f32`]) or convert to a [`tern_kernels::TernaryMatrix`]
 //!   ([`TensorData::to_ternary`]).
 //! - [`GgufWriter`] builds metadata and tensors and writes them atomically.
+//! - [`GgmlType::traits`] is the codec table: per type its block and byte size, f32
+//!   conversion both ways ([`quants::dequantize`], [`quants::quantize`]) and, for the ternary
+//!   types, the exact [`TernaryCodec`]. Reader, writer and converter all go through it.
 
+mod codec;
 mod error;
 pub mod quants;
 mod reader;
@@ -17,6 +21,7 @@ mod types;
 mod value;
 mod writer;
 
+pub use codec::{FromFloat, TernaryCodec, ToFloat, TypeTraits};
 pub use error::GgufError;
 pub use reader::{GgufFile, TensorData, TensorInfo};
 pub use types::{fork_type_name, upstream_type_name, GgmlType, TypeContext};

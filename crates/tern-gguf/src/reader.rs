@@ -90,27 +90,23 @@ impl<'a> TensorData<'a> {
         })
     }
 
-    /// A TQ1_0 / TQ2_0 / I2_S tensor as `rows x cols` ternary values with one scale, via
-    /// `tern_kernels::formats` (which rejects TQ tensors whose nonzero blocks disagree on `d`).
+    /// A TQ1_0 / TQ2_0 / I2_S tensor as `rows x cols` ternary values with one scale, via the
+    /// type's [`crate::TernaryCodec`] (which rejects TQ tensors whose nonzero blocks disagree
+    /// on `d`).
     pub fn to_ternary(&self) -> Result<TernaryMatrix, GgufError> {
-        use tern_kernels::formats::{i2s, tq1_0, tq2_0};
-        let (rows, cols) = (self.rows(), self.cols());
-        let r = match self.ty {
-            GgmlType::TQ1_0 => tq1_0::unpack(self.bytes, rows, cols),
-            GgmlType::TQ2_0 => tq2_0::unpack(self.bytes, rows, cols),
-            GgmlType::I2_S => i2s::unpack(self.bytes, rows, cols),
-            t => {
-                return Err(GgufError::Tensor {
-                    file: self.file.to_string(),
-                    tensor: self.name.to_string(),
-                    what: format!("type {} is not a ternary type", t.name()),
-                })
-            }
+        let Some(codec) = &self.ty.traits().ternary else {
+            return Err(GgufError::Tensor {
+                file: self.file.to_string(),
+                tensor: self.name.to_string(),
+                what: format!("type {} is not a ternary type", self.ty.name()),
+            });
         };
-        r.map_err(|source| GgufError::Kernel {
-            file: self.file.to_string(),
-            tensor: self.name.to_string(),
-            source,
+        (codec.to_ternary)(self.bytes, self.rows(), self.cols()).map_err(|source| {
+            GgufError::Kernel {
+                file: self.file.to_string(),
+                tensor: self.name.to_string(),
+                source,
+            }
         })
     }
 }

@@ -38,36 +38,17 @@ impl GgmlType {
         self as u32
     }
 
+    /// ggml's name, from the codec table.
     pub fn name(self) -> &'static str {
-        match self {
-            GgmlType::F32 => "F32",
-            GgmlType::F16 => "F16",
-            GgmlType::Q4_0 => "Q4_0",
-            GgmlType::Q8_0 => "Q8_0",
-            GgmlType::Q4_K => "Q4_K",
-            GgmlType::Q6_K => "Q6_K",
-            GgmlType::BF16 => "BF16",
-            GgmlType::TQ1_0 => "TQ1_0",
-            GgmlType::TQ2_0 => "TQ2_0",
-            GgmlType::I2_S => "I2_S",
-        }
+        self.traits().name
     }
 
-    /// Values per block and bytes per block (ggml's `blck_size` / `type_size`). I2_S is not a
-    /// block type (its size is `n/4 + 32` for the whole tensor): it reports (4, 1) for the codes
-    /// and [`GgmlType::byte_size`] adds the tail.
+    /// Values per block and bytes per block (ggml's `blck_size` / `type_size`), from the codec
+    /// table. I2_S is not a block type (its size is `n/4 + 32` for the whole tensor): it
+    /// reports (4, 1) for the codes and [`GgmlType::byte_size`] adds the tail.
     pub fn block(self) -> (usize, usize) {
-        match self {
-            GgmlType::F32 => (1, 4),
-            GgmlType::F16 | GgmlType::BF16 => (1, 2),
-            GgmlType::Q4_0 => (32, 18),
-            GgmlType::Q8_0 => (32, 34),
-            GgmlType::Q4_K => (256, 144),
-            GgmlType::Q6_K => (256, 210),
-            GgmlType::TQ1_0 => (256, 54),
-            GgmlType::TQ2_0 => (256, 66),
-            GgmlType::I2_S => (4, 1),
-        }
+        let t = self.traits();
+        (t.block_size, t.type_size)
     }
 
     /// Byte size of a tensor with `dims` (ne0 first), or an error saying why the shape does not
@@ -77,16 +58,21 @@ impl GgmlType {
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .ok_or_else(|| format!("element count of dims {dims:?} overflows"))?;
-        if self == GgmlType::I2_S {
-            // bitnet.cpp's ggml_nbytes special case: codes for all n values, then a 32-byte tail.
-            return Ok(n / 4 + tern_kernels::formats::i2s::TAIL_BYTES);
+        let t = self.traits();
+        let (bs, bb) = (t.block_size, t.type_size);
+        if let Some(tail) = t.tensor_tail {
+            // bitnet.cpp's ggml_nbytes special case for I2_S: codes for all n values, then the
+            // tail; rows need not be whole blocks.
+            return (n / bs)
+                .checked_mul(bb)
+                .and_then(|b| b.checked_add(tail))
+                .ok_or_else(|| format!("byte size of dims {dims:?} overflows"));
         }
-        let (bs, bb) = self.block();
         let ne0 = dims.first().copied().unwrap_or(1);
         if !ne0.is_multiple_of(bs) {
             return Err(format!(
                 "row length ne0 = {ne0} is not a multiple of the {} block size {bs}",
-                self.name()
+                t.name
             ));
         }
         (n / bs)
@@ -94,8 +80,11 @@ impl GgmlType {
             .ok_or_else(|| format!("byte size of dims {dims:?} overflows"))
     }
 
+    /// TQ1_0, TQ2_0 and I2_S: the types with an exact [`TernaryMatrix`] codec.
+    ///
+    /// [`TernaryMatrix`]: tern_kernels::TernaryMatrix
     pub fn is_ternary(self) -> bool {
-        matches!(self, GgmlType::TQ1_0 | GgmlType::TQ2_0 | GgmlType::I2_S)
+        self.traits().ternary.is_some()
     }
 }
 

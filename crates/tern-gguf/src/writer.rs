@@ -13,7 +13,7 @@ use tern_kernels::TernaryMatrix;
 use crate::error::GgufError;
 use crate::types::GgmlType;
 use crate::value::{GgufArray, GgufValue};
-use crate::{quants, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS};
+use crate::{DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS};
 
 /// llama.cpp's `GGML_MAX_NAME`: its loader rejects longer tensor names (63 bytes + NUL).
 pub const MAX_TENSOR_NAME: usize = 63;
@@ -151,7 +151,9 @@ impl<'a> GgufWriter<'a> {
         Ok(())
     }
 
-    /// Adds f32 values stored as `ty` (F32, F16, BF16 or Q8_0).
+    /// Adds f32 values stored as `ty`, quantized by the type's `from_float` in the codec table
+    /// (F32, F16, BF16, Q8_0, Q6_K, and ggml's per-block TQ1_0 / TQ2_0; [`Self::add_ternary`]
+    /// keeps a ternary weight's one scale exactly).
     pub fn add_f32(
         &mut self,
         name: impl Into<String>,
@@ -160,23 +162,18 @@ impl<'a> GgufWriter<'a> {
         values: &[f32],
     ) -> Result<(), GgufError> {
         let name = name.into();
-        let bytes = match ty {
-            GgmlType::F32 => quants::f32_to_bytes(values),
-            GgmlType::F16 => quants::f32_to_f16_bytes(values),
-            GgmlType::BF16 => quants::f32_to_bf16_bytes(values),
-            GgmlType::Q8_0 => quants::quantize_q8_0(values).map_err(|what| GgufError::Tensor {
+        let Some(from_float) = ty.traits().from_float else {
+            return Err(GgufError::Tensor {
                 file: WRITER.to_string(),
-                tensor: name.clone(),
-                what,
-            })?,
-            t => {
-                return Err(GgufError::Tensor {
-                    file: WRITER.to_string(),
-                    tensor: name,
-                    what: format!("writing f32 values as {} is not supported", t.name()),
-                })
-            }
+                tensor: name,
+                what: format!("writing f32 values as {} is not supported", ty.name()),
+            });
         };
+        let bytes = from_float(values).map_err(|what| GgufError::Tensor {
+            file: WRITER.to_string(),
+            tensor: name.clone(),
+            what,
+        })?;
         self.add_tensor(name, ty, dims, bytes)
     }
 
@@ -187,21 +184,15 @@ impl<'a> GgufWriter<'a> {
         ty: GgmlType,
         m: &TernaryMatrix,
     ) -> Result<(), GgufError> {
-        use tern_kernels::formats::{i2s, tq1_0, tq2_0};
         let name = name.into();
-        let packed = match ty {
-            GgmlType::TQ1_0 => tq1_0::pack(m),
-            GgmlType::TQ2_0 => tq2_0::pack(m),
-            GgmlType::I2_S => i2s::pack(m),
-            t => {
-                return Err(GgufError::Tensor {
-                    file: WRITER.to_string(),
-                    tensor: name,
-                    what: format!("{} is not a ternary type", t.name()),
-                })
-            }
-        }
-        .map_err(|source| GgufError::Kernel {
+        let Some(codec) = &ty.traits().ternary else {
+            return Err(GgufError::Tensor {
+                file: WRITER.to_string(),
+                tensor: name,
+                what: format!("{} is not a ternary type", ty.name()),
+            });
+        };
+        let packed = (codec.from_ternary)(m).map_err(|source| GgufError::Kernel {
             file: WRITER.to_string(),
             tensor: name.clone(),
             source,

@@ -24,7 +24,7 @@
 //!   upstream llama.cpp converter maps it to 0. [`unpack`] rejects it instead, naming the row
 //!   and column, because silently changing a weight hides a corrupt or misread tensor.
 
-use super::TernaryMatrix;
+use super::{check_byte_len, TernaryMatrix};
 use crate::error::KernelError;
 
 const FORMAT: &str = "hf-bitnet";
@@ -37,7 +37,7 @@ pub fn packed_rows(rows: usize) -> usize {
 /// Packs a matrix the way transformers' `pack_weights` does. Returns the bytes (row-major
 /// `[packed_rows][cols]`) and `packed_rows`; `gamma` is not stored (it is `weight_scale`).
 pub fn pack(m: &TernaryMatrix) -> Result<(Vec<u8>, usize), KernelError> {
-    check_matrix(m)?;
+    m.check(FORMAT)?;
     let r_count = packed_rows(m.rows);
     let mut out = vec![0u8; r_count * m.cols];
     for (row, values) in m
@@ -71,15 +71,7 @@ pub fn unpack(
             format: FORMAT,
             what: format!("{rows}x{cols} overflows usize"),
         })?;
-    if bytes.len() != expected {
-        return Err(KernelError::ByteLength {
-            format: FORMAT,
-            rows,
-            cols,
-            expected,
-            got: bytes.len(),
-        });
-    }
+    check_byte_len(bytes, expected, rows, cols, FORMAT)?;
     let mut values = vec![0i8; rows * cols];
     for row in 0..rows {
         let (plane, r) = (row / r_count, row % r_count);
@@ -105,29 +97,6 @@ pub fn unpack(
         values,
         gamma,
     })
-}
-
-/// `TernaryMatrix` has public fields, so a hand-built one may be inconsistent.
-fn check_matrix(m: &TernaryMatrix) -> Result<(), KernelError> {
-    if m.rows.checked_mul(m.cols) != Some(m.values.len()) {
-        return Err(KernelError::Shape {
-            format: FORMAT,
-            what: format!(
-                "{} values for a {}x{} matrix",
-                m.values.len(),
-                m.rows,
-                m.cols
-            ),
-        });
-    }
-    match m.values.iter().position(|v| !(-1..=1).contains(v)) {
-        Some(index) => Err(KernelError::NotTernary {
-            format: FORMAT,
-            index,
-            value: m.values[index] as i32,
-        }),
-        None => Ok(()),
-    }
 }
 
 #[cfg(test)]

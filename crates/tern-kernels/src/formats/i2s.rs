@@ -24,7 +24,7 @@
 //!   each row to be whole blocks, `in % 128 == 0`; real models have in = 2560 or 6912.)
 //! - **code 3** never appears in a valid file; [`unpack`] rejects it, naming the element.
 
-use super::TernaryMatrix;
+use super::{check_byte_len, TernaryMatrix};
 use crate::error::KernelError;
 
 const FORMAT: &str = "i2_s";
@@ -49,7 +49,7 @@ fn slot(e: usize) -> (usize, u32) {
 
 /// Packs `m` as I2_S with `m.gamma` as the scale.
 pub fn pack(m: &TernaryMatrix) -> Result<Vec<u8>, KernelError> {
-    check_matrix(m)?;
+    m.check(FORMAT)?;
     check_shape(m.rows, m.cols)?;
     let n = m.values.len();
     let mut out = vec![0u8; byte_len(m.rows, m.cols)];
@@ -66,15 +66,7 @@ pub fn unpack(bytes: &[u8], rows: usize, cols: usize) -> Result<TernaryMatrix, K
     check_shape(rows, cols)?;
     let n = rows * cols;
     let expected = byte_len(rows, cols);
-    if bytes.len() != expected {
-        return Err(KernelError::ByteLength {
-            format: FORMAT,
-            rows,
-            cols,
-            expected,
-            got: bytes.len(),
-        });
-    }
+    check_byte_len(bytes, expected, rows, cols, FORMAT)?;
     let mut values = vec![0i8; n];
     for (e, v) in values.iter_mut().enumerate() {
         let (byte, shift) = slot(e);
@@ -119,29 +111,6 @@ fn check_shape(rows: usize, cols: usize) -> Result<(), KernelError> {
         });
     }
     Ok(())
-}
-
-/// `TernaryMatrix` has public fields, so a hand-built one may be inconsistent.
-fn check_matrix(m: &TernaryMatrix) -> Result<(), KernelError> {
-    if m.rows.checked_mul(m.cols) != Some(m.values.len()) {
-        return Err(KernelError::Shape {
-            format: FORMAT,
-            what: format!(
-                "{} values for a {}x{} matrix",
-                m.values.len(),
-                m.rows,
-                m.cols
-            ),
-        });
-    }
-    match m.values.iter().position(|v| !(-1..=1).contains(v)) {
-        Some(index) => Err(KernelError::NotTernary {
-            format: FORMAT,
-            index,
-            value: m.values[index] as i32,
-        }),
-        None => Ok(()),
-    }
 }
 
 #[cfg(test)]

@@ -9,11 +9,33 @@
 
 pub mod hf;
 pub mod i2s;
+mod tq;
 pub mod tq1_0;
 pub mod tq2_0;
 
 use crate::error::KernelError;
 use crate::rng::Rng;
+
+/// The error every unpacker gives when `bytes` is not the `expected` size of a `rows x cols`
+/// matrix.
+fn check_byte_len(
+    bytes: &[u8],
+    expected: usize,
+    rows: usize,
+    cols: usize,
+    format: &'static str,
+) -> Result<(), KernelError> {
+    if bytes.len() != expected {
+        return Err(KernelError::ByteLength {
+            format,
+            rows,
+            cols,
+            expected,
+            got: bytes.len(),
+        });
+    }
+    Ok(())
+}
 
 /// Ternary weights in plain form: the reference every packed layout round-trips through.
 #[derive(Clone, Debug, PartialEq)]
@@ -98,6 +120,30 @@ impl TernaryMatrix {
             cols,
             values,
             gamma,
+        }
+    }
+
+    /// Checks a matrix about to be packed as `format`: `TernaryMatrix` has public fields, so a
+    /// hand-built one may be inconsistent.
+    pub(crate) fn check(&self, format: &'static str) -> Result<(), KernelError> {
+        if self.rows.checked_mul(self.cols) != Some(self.values.len()) {
+            return Err(KernelError::Shape {
+                format,
+                what: format!(
+                    "{} values for a {}x{} matrix",
+                    self.values.len(),
+                    self.rows,
+                    self.cols
+                ),
+            });
+        }
+        match self.values.iter().position(|v| !(-1..=1).contains(v)) {
+            Some(index) => Err(KernelError::NotTernary {
+                format,
+                index,
+                value: self.values[index] as i32,
+            }),
+            None => Ok(()),
         }
     }
 

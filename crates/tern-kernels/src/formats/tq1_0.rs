@@ -16,10 +16,10 @@
 //!   its fifth (least significant) trit is padding and is 0;
 //! - value = `(c - 1) * d`. Rows must be a multiple of 256 long; blocks never span rows.
 //!
-//! Scales follow the same rules as TQ2_0 (see [`super::tq2_0`]): [`pack`] writes
-//! `d = f16(gamma)` in every block, [`unpack`] needs one common `d` over the blocks that hold
-//! a nonzero weight and errors otherwise, and [`quantize_tq1_0_f32`] /
-//! [`dequantize_tq1_0_f32`] mirror ggml with per-block `d = max|x|`.
+//! Only the base-3 packing is here; blocks, scales and their rules are shared with TQ2_0 (see
+//! `formats/tq.rs`): [`pack`] writes `d = f16(gamma)` in every block, [`unpack`] needs one
+//! common `d` over the blocks that hold a nonzero weight and errors otherwise, and
+//! [`quantize_tq1_0_f32`] / [`dequantize_tq1_0_f32`] mirror ggml with per-block `d = max|x|`.
 //!
 //! Every byte decodes to *some* trits, so there is no invalid code as in the 2-bit formats.
 //! ggml's decoder accepts any byte; [`unpack`] is stricter and rejects a byte that is not the
@@ -27,28 +27,64 @@
 //! byte whose padding trit is not 0, since neither can come from ggml or gguf-py.
 //! [`dequantize_tq1_0_f32`] accepts any byte, like ggml.
 
-use half::f16;
-
-use super::tq2_0::{
-    check_block_bytes, check_cols, check_f32_len, check_len, check_matrix, gamma_to_f16,
-    ggml_block_scale, ggml_code, tensor_gamma,
-};
+use super::tq::{self, Packing};
 use super::TernaryMatrix;
 use crate::error::KernelError;
 
-const FORMAT: &str = "tq1_0";
-
-/// Values per block.
-pub const BLOCK: usize = 256;
+pub use super::tq::BLOCK;
 /// Bytes per block: 48 `qs`, 4 `qh`, 2 for the f16 scale.
 pub const BLOCK_BYTES: usize = 54;
 /// Bytes holding codes (`qs` then `qh`).
 const CODE_BYTES: usize = 52;
 const POW3: [u8; 5] = [1, 3, 9, 27, 81];
 
-/// Byte size of a `rows x cols` tensor (`cols` a multiple of [`BLOCK`]).
-pub fn byte_len(rows: usize, cols: usize) -> usize {
-    rows * (cols / BLOCK) * BLOCK_BYTES
+/// TQ1_0's base-3 packing of a block's codes.
+struct Base3;
+
+impl Packing for Base3 {
+    const FORMAT: &'static str = "tq1_0";
+    const BLOCK_BYTES: usize = BLOCK_BYTES;
+
+    fn encode(codes: impl Iterator<Item = u8>, qs: &mut [u8]) {
+        let mut v = [0u32; CODE_BYTES];
+        for (e, c) in codes.enumerate() {
+            let (byte, n) = slot(e);
+            v[byte] += c as u32 * POW3[4 - n] as u32;
+        }
+        for (o, &v) in qs.iter_mut().zip(&v) {
+            *o = encode_byte(v);
+        }
+    }
+
+    fn code(qs: &[u8], e: usize) -> u8 {
+        let (byte, n) = slot(e);
+        trit(qs[byte], n)
+    }
+
+    /// Checks that each code byte re-encodes to itself from the trits it carries (for `qh`,
+    /// the four data trits with padding 0).
+    fn check(qs: &[u8], b: usize) -> Result<(), KernelError> {
+        for (i, &byte) in qs.iter().enumerate() {
+            // A qh byte carries four trits; its fifth (least significant) is padding 0.
+            let (trits, shift) = if i < 48 { (5, 1) } else { (4, 3) };
+            let v = (0..trits).fold(0u32, |v, n| v * 3 + trit(byte, n) as u32) * shift;
+            if encode_byte(v) != byte {
+                let part = if i < 48 {
+                    format!("qs[{i}]")
+                } else {
+                    format!("qh[{}]", i - 48)
+                };
+                return Err(KernelError::Invalid {
+                    format: Self::FORMAT,
+                    what: format!(
+                        "block {b}, {part} = {byte} is not a base-3 group ggml can write \
+                         (non-canonical byte or nonzero qh padding trit)"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Byte (0..52, `qh` at 48..52) and trit (0 = most significant) of value `e` of a block.
@@ -71,149 +107,36 @@ fn trit(byte: u8, n: usize) -> u8 {
     ((byte.wrapping_mul(POW3[n]) as u16 * 3) >> 8) as u8
 }
 
-/// Writes one block from 256 codes and its scale.
-fn encode_block(codes: impl Iterator<Item = u8>, d: f16, out: &mut [u8]) {
-    let mut v = [0u32; CODE_BYTES];
-    for (e, c) in codes.enumerate() {
-        let (byte, n) = slot(e);
-        v[byte] += c as u32 * POW3[4 - n] as u32;
-    }
-    for (o, &v) in out.iter_mut().zip(&v) {
-        *o = encode_byte(v);
-    }
-    out[52..54].copy_from_slice(&d.to_le_bytes());
-}
-
-fn code_at(block: &[u8], e: usize) -> u8 {
-    let (byte, n) = slot(e);
-    trit(block[byte], n)
-}
-
-fn scale_of(block: &[u8]) -> f16 {
-    f16::from_le_bytes([block[52], block[53]])
-}
-
-/// Checks that each code byte re-encodes to itself from the trits it carries (for `qh`, the
-/// four data trits with padding 0).
-fn check_canonical(block: &[u8], b: usize) -> Result<(), KernelError> {
-    for (i, &byte) in block[..CODE_BYTES].iter().enumerate() {
-        // A qh byte carries four trits; its fifth (least significant) is padding 0.
-        let (trits, shift) = if i < 48 { (5, 1) } else { (4, 3) };
-        let v = (0..trits).fold(0u32, |v, n| v * 3 + trit(byte, n) as u32) * shift;
-        if encode_byte(v) != byte {
-            let part = if i < 48 {
-                format!("qs[{i}]")
-            } else {
-                format!("qh[{}]", i - 48)
-            };
-            return Err(KernelError::Invalid {
-                format: FORMAT,
-                what: format!(
-                    "block {b}, {part} = {byte} is not a base-3 group ggml can write \
-                     (non-canonical byte or nonzero qh padding trit)"
-                ),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// Packs `m` with `d = f16(m.gamma)` in every block.
 pub fn pack(m: &TernaryMatrix) -> Result<Vec<u8>, KernelError> {
-    check_matrix(m, FORMAT)?;
-    check_cols(m.rows, m.cols, FORMAT)?;
-    let d = gamma_to_f16(m.gamma, FORMAT)?;
-    let mut out = vec![0u8; byte_len(m.rows, m.cols)];
-    for (values, block) in m
-        .values
-        .chunks_exact(BLOCK)
-        .zip(out.chunks_exact_mut(BLOCK_BYTES))
-    {
-        encode_block(values.iter().map(|&q| (q + 1) as u8), d, block);
-    }
-    Ok(out)
+    tq::pack::<Base3>(m)
 }
 
-/// Unpacks a `rows x cols` TQ1_0 tensor whose nonzero blocks share one scale.
+/// Unpacks a `rows x cols` TQ1_0 tensor whose nonzero blocks share one scale; non-canonical
+/// bytes are an error.
 pub fn unpack(bytes: &[u8], rows: usize, cols: usize) -> Result<TernaryMatrix, KernelError> {
-    check_cols(rows, cols, FORMAT)?;
-    check_len(bytes, rows, cols, BLOCK_BYTES, FORMAT)?;
-    let mut values = vec![0i8; rows * cols];
-    let mut scales = Vec::with_capacity(bytes.len() / BLOCK_BYTES);
-    for (b, (block, out)) in bytes
-        .chunks_exact(BLOCK_BYTES)
-        .zip(values.chunks_exact_mut(BLOCK))
-        .enumerate()
-    {
-        check_canonical(block, b)?;
-        for (e, v) in out.iter_mut().enumerate() {
-            *v = code_at(block, e) as i8 - 1;
-        }
-        scales.push((scale_of(block), out.iter().any(|&v| v != 0)));
-    }
-    let gamma = tensor_gamma(&scales, cols / BLOCK, FORMAT)?;
-    Ok(TernaryMatrix {
-        rows,
-        cols,
-        values,
-        gamma,
-    })
+    tq::unpack::<Base3>(bytes, rows, cols)
 }
 
 /// Quantizes f32 values to TQ1_0 exactly as ggml's `quantize_row_tq1_0_ref` (and gguf-py):
 /// per block `d = max|x|`, `c = lroundf(x * (1/d)) + 1` (ties away from zero), `d` stored as
 /// f16. `x` is one or more whole rows; its length must be a multiple of 256.
 pub fn quantize_tq1_0_f32(x: &[f32]) -> Result<Vec<u8>, KernelError> {
-    check_f32_len(x.len(), FORMAT)?;
-    let mut out = vec![0u8; x.len() / BLOCK * BLOCK_BYTES];
-    for (xb, block) in x.chunks_exact(BLOCK).zip(out.chunks_exact_mut(BLOCK_BYTES)) {
-        let (d, id) = ggml_block_scale(xb);
-        encode_block(
-            xb.iter().map(|&v| ggml_code(v, id)),
-            f16::from_f32(d),
-            block,
-        );
-    }
-    Ok(out)
+    tq::quantize::<Base3>(x)
 }
 
 /// Dequantizes TQ1_0 bytes to f32 as ggml's `dequantize_row_tq1_0`: `(c - 1) * d`, any byte
 /// accepted.
 pub fn dequantize_tq1_0_f32(bytes: &[u8]) -> Result<Vec<f32>, KernelError> {
-    check_block_bytes(bytes.len(), BLOCK_BYTES, FORMAT)?;
-    let mut out = Vec::with_capacity(bytes.len() / BLOCK_BYTES * BLOCK);
-    for block in bytes.chunks_exact(BLOCK_BYTES) {
-        let d = scale_of(block).to_f32();
-        out.extend((0..BLOCK).map(|e| (code_at(block, e) as i32 - 1) as f32 * d));
-    }
-    Ok(out)
+    tq::dequantize::<Base3>(bytes)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::tq::testing::{self, fixture_input};
     use super::*;
     use crate::rng::Rng;
-
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.split_whitespace().collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
-
-    /// Same input as the TQ2_0 fixture: a spread of values, exact ties, an all-zero block.
-    fn fixture_input() -> Vec<f32> {
-        let a = (0..256).map(|i| ((i * 37) % 101 - 50) as f32 / 16.0);
-        let b = (0..256).map(|i| {
-            if i == 255 {
-                -2.0
-            } else {
-                ((i % 9) - 4) as f32 * 0.25
-            }
-        });
-        a.chain(b).chain(std::iter::repeat_n(0.0, 256)).collect()
-    }
+    use half::f16;
 
     fn one_block(v: Vec<i8>) -> Vec<u8> {
         pack(&TernaryMatrix::new(1, 256, v, 1.0).unwrap()).unwrap()
@@ -221,19 +144,7 @@ mod tests {
 
     #[test]
     fn round_trip_random_shapes() {
-        let mut rng = Rng::new(4);
-        for &(rows, cols) in &[(1, 256), (3, 512), (4, 768), (7, 256), (2, 2560)] {
-            for gamma in [0.5f32, 1.25, 0.0146484375] {
-                let m = TernaryMatrix::random(rows, cols, gamma, &mut rng);
-                let bytes = pack(&m).unwrap();
-                assert_eq!(bytes.len(), rows * cols / 256 * 54);
-                assert_eq!(
-                    unpack(&bytes, rows, cols).unwrap(),
-                    m,
-                    "{rows}x{cols} gamma {gamma}"
-                );
-            }
-        }
+        testing::round_trip_random_shapes::<Base3>(4);
     }
 
     #[test]
@@ -297,12 +208,11 @@ mod tests {
     /// Bytes produced by gguf-py 0.19 (`gguf.quants.quantize(x, TQ1_0)`) for `fixture_input`.
     #[test]
     fn quantize_matches_gguf_py() {
-        let expected = hex(
+        testing::quantize_matches_gguf_py::<Base3>(
             "296d7a486dd24676d36c7a456dcf466dd3467ad36c7a456dcf466dd39b7ad36c7cf25e7f5174d51b7ef25d7c475ed451de925f334042\
              2b80839964808188cc2b80839964808188cc2b80839964808188cc2b8083996481d42b9c648976837d81d42b9c6489767c7fd4300040\
              8080808080808080808080808080808080808080808080808080808080808080808080808080808080808080808080807f7f7f7f0000",
         );
-        assert_eq!(quantize_tq1_0_f32(&fixture_input()).unwrap(), expected);
     }
 
     #[test]
@@ -376,44 +286,6 @@ mod tests {
 
     #[test]
     fn shape_and_length_errors() {
-        let huge = unpack(&[], usize::MAX, 512);
-        assert!(matches!(huge, Err(KernelError::Shape { .. })));
-        assert!(matches!(
-            unpack(&[0u8; 54], 1, 128),
-            Err(KernelError::Shape { .. })
-        ));
-        assert_eq!(
-            unpack(&[0u8; 107], 2, 256).unwrap_err(),
-            KernelError::ByteLength {
-                format: "tq1_0",
-                rows: 2,
-                cols: 256,
-                expected: 108,
-                got: 107
-            }
-        );
-        let m = TernaryMatrix::new(1, 300, vec![0; 300], 1.0).unwrap();
-        assert!(matches!(
-            pack(&m),
-            Err(KernelError::Shape {
-                format: "tq1_0",
-                ..
-            })
-        ));
-        assert!(matches!(
-            quantize_tq1_0_f32(&[0.0; 100]),
-            Err(KernelError::Shape { .. })
-        ));
-        assert!(matches!(
-            dequantize_tq1_0_f32(&[0u8; 53]),
-            Err(KernelError::Shape { .. })
-        ));
-        let bad = TernaryMatrix {
-            rows: 1,
-            cols: 256,
-            values: vec![-2; 256],
-            gamma: 1.0,
-        };
-        assert!(matches!(pack(&bad), Err(KernelError::NotTernary { .. })));
+        testing::shape_and_length_errors::<Base3>();
     }
 }
