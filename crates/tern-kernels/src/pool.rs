@@ -57,20 +57,6 @@ pub struct ThreadPool {
     run_lock: Mutex<()>,
 }
 
-/// A raw pointer that may cross threads: kernels use it to write disjoint parts of one output.
-#[derive(Clone, Copy)]
-pub struct SyncPtr<T>(pub *mut T);
-// SAFETY: only a pointer value; every dereference site documents why its accesses are disjoint.
-unsafe impl<T> Send for SyncPtr<T> {}
-unsafe impl<T> Sync for SyncPtr<T> {}
-
-impl<T> SyncPtr<T> {
-    /// The pointer (a method, so closures capture the whole `Send + Sync` wrapper).
-    pub fn get(self) -> *mut T {
-        self.0
-    }
-}
-
 impl ThreadPool {
     /// A pool running jobs on `threads` threads in total (the caller plus `threads - 1` workers).
     pub fn new(threads: usize) -> ThreadPool {
@@ -101,11 +87,6 @@ impl ThreadPool {
             workers,
             run_lock: Mutex::new(()),
         }
-    }
-
-    /// One thread per available core.
-    pub fn with_all_cores() -> ThreadPool {
-        ThreadPool::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
     pub fn threads(&self) -> usize {
