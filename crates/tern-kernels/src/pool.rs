@@ -473,8 +473,9 @@ impl<T> CellsPiece<'_, T> {
     }
 }
 
-// SAFETY (all three): the parts are separate values, each borrowing its own memory, and each
-// is asked for each task's piece at most once, as the caller of the tuple's `piece` promised.
+// SAFETY: (this impl and the three below) the parts are separate values, each borrowing its
+// own memory, and each is asked for each task's piece at most once, as the caller of the
+// composite's `piece` promised.
 unsafe impl<A: Split, B: Split> Split for (A, B) {
     type Piece = (A::Piece, B::Piece);
     unsafe fn piece(&self, task: usize, tasks: usize) -> Self::Piece {
