@@ -10,7 +10,7 @@
 use crate::aligned::AlignedBytes;
 use crate::cpu::Isa;
 use crate::formats::SCALE_EPS;
-use crate::pool::ThreadPool;
+use crate::pool::{Chunks, ThreadPool};
 
 /// Row stride granularity: a multiple of every compute layout's k-block (16 for tern2,
 /// 20 for tern3) and of a cache line.
@@ -111,40 +111,32 @@ pub fn quantize_acts_with(
     );
     out.reshape(n, k);
     let stride = out.stride;
-    let data = crate::pool::SyncPtr(out.data.as_mut().unwrap().as_mut_slice().as_mut_ptr());
-    let scales = crate::pool::SyncPtr(out.scales.as_mut_ptr());
-    let sums = crate::pool::SyncPtr(out.sums.as_mut_ptr());
     // Small inputs (decode) are not worth waking a worker for.
     let tasks = if n * k < 1 << 15 {
         1
     } else {
         n.min(pool.threads() * 4)
     };
-    pool.run(tasks, &|task| {
-        let rows = split(n, tasks, task);
-        for t in rows {
-            // SAFETY: tasks cover disjoint row ranges, so each row's slice of `data` and its
-            // entries of `scales` / `sums` are written by exactly one task; the buffers outlive
-            // `pool.run`, which returns only after every task has finished.
-            let (row, scale, sum) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(data.get().add(t * stride).cast::<i8>(), stride),
-                    &mut *scales.get().add(t),
-                    &mut *sums.get().add(t),
-                )
-            };
-            // The buffer may hold a wider earlier input: kernels read whole padded rows.
-            row[k..].fill(0);
-            (*scale, *sum) = quantize_row(&x[t * k..(t + 1) * k], &mut row[..k], isa);
-        }
-    });
-}
-
-/// Contiguous share `task` of `0..n` split into `tasks` near-equal parts.
-pub(crate) fn split(n: usize, tasks: usize, task: usize) -> std::ops::Range<usize> {
-    let lo = n * task / tasks;
-    let hi = n * (task + 1) / tasks;
-    lo..hi
+    // Tasks own disjoint row ranges: their rows of the data, their scales and sums.
+    let data = out.data.as_mut().expect("reshaped").as_mut_slice();
+    let parts = (
+        Chunks::new(&mut data[..n * stride], stride),
+        Chunks::new(&mut out.scales[..n], 1),
+        Chunks::new(&mut out.sums[..n], 1),
+    );
+    pool.run_split(
+        tasks,
+        parts,
+        &|_, ((rows, data), (_, scales), (_, sums))| {
+            for (i, t) in rows.enumerate() {
+                let row: &mut [i8] =
+                    bytemuck::cast_slice_mut(&mut data[i * stride..(i + 1) * stride]);
+                // The buffer may hold a wider earlier input: kernels read whole padded rows.
+                row[k..].fill(0);
+                (scales[i], sums[i]) = quantize_row(&x[t * k..(t + 1) * k], &mut row[..k], isa);
+            }
+        },
+    );
 }
 
 fn quantize_row(x: &[f32], out: &mut [i8], isa: Isa) -> (f32, i32) {

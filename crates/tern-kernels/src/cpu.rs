@@ -70,3 +70,13 @@ impl Isa {
         self <= Isa::detect()
     }
 }
+
+/// Panics unless this CPU can run `isa`: kernels are `#[target_feature]` code and running them
+/// on a CPU without those features is undefined behaviour, so the `_with` entry points check.
+pub(crate) fn check_isa(isa: Isa, what: &str) {
+    assert!(
+        isa.is_supported(),
+        "{what}: instruction set {} is not supported by this CPU (see Isa::available)",
+        isa.name()
+    );
+}

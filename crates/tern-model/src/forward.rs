@@ -12,8 +12,10 @@ use crate::config::{Activation, ModelConfig};
 use crate::error::ModelError;
 use crate::model::{Head, Linear, Model};
 use tern_kernels::actquant::{quantize_acts, QuantizedActs};
+use tern_kernels::attention::{attention, Heads};
 use tern_kernels::dense;
-use tern_kernels::pool::SyncPtr;
+use tern_kernels::norm::rms_norm;
+use tern_kernels::rope::rope;
 use tern_kernels::ThreadPool;
 
 /// Which logits a forward call produces.
@@ -296,12 +298,8 @@ impl Model {
                 let half = c.head_dim / 2;
                 let cos = &s.rope_cos[p * half..(p + 1) * half];
                 let sin = &s.rope_sin[p * half..(p + 1) * half];
-                for h in 0..c.num_heads {
-                    rope(&mut s.q[t * qd + h * c.head_dim..][..c.head_dim], cos, sin);
-                }
-                for h in 0..c.num_kv_heads {
-                    rope(&mut s.k[t * kvd + h * c.head_dim..][..c.head_dim], cos, sin);
-                }
+                rope(&mut s.q[t * qd..(t + 1) * qd], cos, sin);
+                rope(&mut s.k[t * kvd..(t + 1) * kvd], cos, sin);
                 let hd = c.head_dim;
                 for h in 0..c.num_kv_heads {
                     let at = kv_offset(c, s.capacity, li, h, p);
@@ -311,7 +309,22 @@ impl Model {
                 }
             }
             s.profile.mark(Profile::ROPE);
-            attention(c, li, n, s, pool);
+            let layer_kv =
+                kv_offset(c, s.capacity, li, 0, 0)..kv_offset(c, s.capacity, li + 1, 0, 0);
+            attention(
+                Heads {
+                    heads: c.num_heads,
+                    kv_heads: c.num_kv_heads,
+                    head_dim: c.head_dim,
+                },
+                &s.q[..n * qd],
+                &s.k_cache[layer_kv.clone()],
+                &s.v_cache[layer_kv],
+                s.pos,
+                &mut s.att[..n * qd],
+                &mut s.scores,
+                pool,
+            );
             s.profile.mark(Profile::ATTN);
             let att_in: &[f32] = match &layer.attn_sub_norm {
                 Some(w) => {
@@ -423,31 +436,6 @@ fn quantize_for(
     }
 }
 
-/// RMSNorm in f32 over rows of `w.len()`: `x / sqrt(mean(x^2) + eps) * w`.
-pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let d = w.len();
-    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        // 16 partial sums (vectorisable, same bits at any width): a serial f32 sum here cost
-        // ~2 us per norm at 1536-4096 wide, a tenth of a decode layer's non-matrix time.
-        let ms = dot16(xr, xr) / d as f32;
-        let inv = 1.0 / (ms + eps).sqrt();
-        for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
-            *o = g * (v * inv);
-        }
-    }
-}
-
-/// Rotate-half RoPE (HF / NeoX pairing): dimension i pairs with i + d/2.
-fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
-    let half = x.len() / 2;
-    let (a, b) = x.split_at_mut(half);
-    for i in 0..half {
-        let (x0, x1) = (a[i], b[i]);
-        a[i] = x0 * cos[i] - x1 * sin[i];
-        b[i] = x1 * cos[i] + x0 * sin[i];
-    }
-}
-
 fn add_into(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
@@ -476,175 +464,4 @@ fn gated_activation(act: Activation, gate: &mut [f32], up: &[f32]) {
 /// stream for attention to read.
 fn kv_offset(c: &ModelConfig, capacity: usize, layer: usize, kv_head: usize, pos: usize) -> usize {
     ((layer * c.num_kv_heads + kv_head) * capacity + pos) * c.head_dim
-}
-
-/// Causal GQA attention of the chunk's `n` queries (positions `pos - n .. pos` after the
-/// cache update, i.e. `s.pos + t`) against the cache, into `s.att`.
-fn attention(c: &ModelConfig, layer: usize, n: usize, s: &mut State, pool: &ThreadPool) {
-    let (hd, qd) = (c.head_dim, c.q_dim());
-    let group = c.gqa_group();
-    let scale = 1.0 / (hd as f32).sqrt();
-    let pairs = n * c.num_heads;
-    let cap = s.capacity;
-    let scratch_rows = s.scores.len() / cap;
-    let tasks = if n * (s.pos + n) * c.num_heads * hd < 1 << 12 {
-        1
-    } else {
-        pool.threads().min(pairs).min(scratch_rows)
-    };
-    let base = s.pos;
-    let (kc, vc) = (&s.k_cache[..], &s.v_cache[..]);
-    let q = &s.q;
-    let att = SyncPtr(s.att.as_mut_ptr());
-    let scores = SyncPtr(s.scores.as_mut_ptr());
-    let isa = tern_kernels::Isa::detect();
-    pool.run(tasks, &|task| {
-        // SAFETY: each task owns scratch row `task` of `scores` (tasks <= its rows) and the
-        // disjoint (token, head) pairs of its range in `att`; both buffers outlive `pool.run`.
-        let sc = unsafe { std::slice::from_raw_parts_mut(scores.get().add(task * cap), cap) };
-        let lo = pairs * task / tasks;
-        let hi = pairs * (task + 1) / tasks;
-        for pair in lo..hi {
-            // Head-major: a task's consecutive pairs reuse one head's keys and values.
-            let (h, t) = (pair / n, pair % n);
-            let len = base + t + 1;
-            let kvh = kv_offset(c, cap, layer, h / group, 0);
-            // SAFETY: see above; (t, h) is this task's pair.
-            let out = unsafe { std::slice::from_raw_parts_mut(att.get().add(t * qd + h * hd), hd) };
-            let head = AttnHead {
-                q: &q[t * qd + h * hd..][..hd],
-                keys: kc,
-                values: vc,
-                offset: kvh,
-                scale,
-            };
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `Isa::detect` found AVX-512 F (resp. AVX2) on this CPU.
-                tern_kernels::Isa::Avx512 => unsafe { attend_avx512(&head, &mut sc[..len], out) },
-                #[cfg(target_arch = "x86_64")]
-                tern_kernels::Isa::Avx2 => unsafe { attend_avx2(&head, &mut sc[..len], out) },
-                _ => attend(&head, &mut sc[..len], out),
-            }
-        }
-    });
-}
-
-/// One query head against the cached keys and values of its KV head.
-struct AttnHead<'a> {
-    q: &'a [f32],
-    keys: &'a [f32],
-    values: &'a [f32],
-    /// The KV head's first float in `keys` / `values` (positions follow, `q.len()` apart).
-    offset: usize,
-    scale: f32,
-}
-
-/// Softmax-weighted sum of values into `out`; `scores` has one slot per cached position.
-/// Written so the compiler vectorises it at any width with identical results: dot products
-/// keep 16 fixed partial sums, everything else is element-wise.
-#[inline(always)]
-fn attend(h: &AttnHead, scores: &mut [f32], out: &mut [f32]) {
-    let hd = h.q.len();
-    let mut max = f32::NEG_INFINITY;
-    let len = scores.len();
-    for (j, sj) in scores.iter_mut().enumerate() {
-        // One head's cache is a stream of a few tens of KB: too short for the hardware
-        // prefetcher to ramp up, so decode waited on DRAM latency. Ask for the keys a few
-        // positions ahead and for this position's values, which the second pass reads.
-        if j + KV_AHEAD < len {
-            prefetch(&h.keys[h.offset + (j + KV_AHEAD) * hd..][..hd]);
-        }
-        prefetch(&h.values[h.offset + j * hd..][..hd]);
-        let k = &h.keys[h.offset + j * hd..][..hd];
-        *sj = dot16(h.q, k) * h.scale;
-        max = max.max(*sj);
-    }
-    let mut sum = 0.0;
-    for sj in scores.iter_mut() {
-        *sj = (*sj - max).exp();
-        sum += *sj;
-    }
-    let inv = 1.0 / sum;
-    out.fill(0.0);
-    // Four positions per pass over `out`, each added in position order (the same bits as one
-    // at a time), so `out` is loaded and stored a quarter as often.
-    let values = &h.values[h.offset..h.offset + scores.len() * hd];
-    let (sc4, vc4) = (scores.chunks_exact(4), values.chunks_exact(4 * hd));
-    let (sr, vr) = (sc4.remainder(), vc4.remainder());
-    for (w, v) in sc4.zip(vc4) {
-        let (w0, w1, w2, w3) = (w[0] * inv, w[1] * inv, w[2] * inv, w[3] * inv);
-        let (v0, rest) = v.split_at(hd);
-        let (v1, rest) = rest.split_at(hd);
-        let (v2, v3) = rest.split_at(hd);
-        for i in 0..hd {
-            let mut o = out[i];
-            o += w0 * v0[i];
-            o += w1 * v1[i];
-            o += w2 * v2[i];
-            o += w3 * v3[i];
-            out[i] = o;
-        }
-    }
-    for (&w, v) in sr.iter().zip(vr.chunks_exact(hd)) {
-        let w = w * inv;
-        for (o, &x) in out.iter_mut().zip(v) {
-            *o += w * x;
-        }
-    }
-}
-
-/// Positions ahead the attention prefetches keys.
-const KV_AHEAD: usize = 16;
-
-/// Asks for every cache line of `x` (a hint: no effect on results, never faults).
-#[inline(always)]
-fn prefetch(x: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in x.chunks(16) {
-        // SAFETY: `_mm_prefetch` is SSE (baseline on x86-64) and only a hint; the pointer is
-        // inside `x`.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr().cast(),
-            )
-        };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = x;
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn attend_avx512(h: &AttnHead, scores: &mut [f32], out: &mut [f32]) {
-    attend(h, scores, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn attend_avx2(h: &AttnHead, scores: &mut [f32], out: &mut [f32]) {
-    attend(h, scores, out)
-}
-
-/// Dot product with 16 fixed partial sums (element i goes to sum i mod 16), added up in a
-/// fixed order at the end: vectorisable, and the same bits whatever the vector width.
-/// (A pairwise tree for the final sum measured 20% slower prefill at 700m, pp512.)
-#[inline(always)]
-fn dot16(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    for (i, (x, y)) in ar.iter().zip(br).enumerate() {
-        acc[i] += x * y;
-    }
-    let mut s = 0.0;
-    for v in acc {
-        s += v;
-    }
-    s
 }

@@ -1,7 +1,7 @@
 //! f16 weights with f32 activations and outputs: half the bytes of f32 per weight, converted to
 //! f32 in registers (`vcvtph2ps`) and accumulated in f32.
 
-use super::fp32::{dot_portable, gemm_xwt, gemm_xwt_raw};
+use super::fp32::{dot_portable, gemm_xwt_raw};
 use super::{check_isa, run_rows};
 use crate::cpu::Isa;
 use crate::pool::ThreadPool;
@@ -290,31 +290,9 @@ unsafe fn f16_to_f32_avx2(src: &[f16], dst: &mut [f32]) {
 const CHUNK_ELEMS: usize = 1 << 20;
 
 thread_local! {
-    /// Reused f32 scratch for [`gemm_f16`], so repeated prefill calls do not page-fault fresh
+    /// Reused f32 scratch for [`f32_blocks`], so repeated prefill calls do not page-fault fresh
     /// memory each time (at most `CHUNK_ELEMS` floats, 4 MiB, per calling thread).
     static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
-}
-
-/// `y[n][m] = x[n][k] * W^T` with f16 weights, through the `gemm` crate on `threads` threads.
-///
-/// W is converted to f32 a block of rows at a time and multiplied in f32. gemm's own f16 path
-/// would need `x` rounded to f16 and would round `y` to f16 (it computes in f16 storage), which
-/// loses about three decimal digits against the f32 GEMV; converting W is exact and costs
-/// O(m*k), small next to the O(n*m*k) product.
-pub fn gemm_f16(w: &[f16], m: usize, k: usize, x: &[f32], n: usize, y: &mut [f32], threads: usize) {
-    assert_eq!(w.len(), m * k, "gemm_f16: w is not {m}x{k}");
-    assert_eq!(x.len(), n * k, "gemm_f16: x is not {n}x{k}");
-    assert_eq!(y.len(), n * m, "gemm_f16: y is not {n}x{m}");
-    if n == 0 || m == 0 {
-        return;
-    }
-    if k == 0 {
-        y.fill(0.0);
-        return;
-    }
-    f32_blocks(w, k, Isa::detect(), &mut |r0, buf| {
-        gemm_xwt(buf, buf.len() / k, k, x, n, &mut y[r0..], m, threads)
-    });
 }
 
 /// Hands `f(r0, block)` the rows of `w` (k > 0 wide) converted to f32 a cache-sized block at
@@ -339,7 +317,9 @@ fn f32_blocks(w: &[f16], k: usize, isa: Isa, f: &mut dyn FnMut(usize, &[f32])) {
 }
 
 /// `y[n][m] = x[n][k] * W^T` with f16 weights on `pool`: our GEMV for one token; for more, our
-/// AVX-512 micro-kernel (`fp16_gemm`), or elsewhere blocks of W converted to f32 for `gemm`.
+/// AVX-512 micro-kernel (`fp16_gemm`), or elsewhere blocks of W converted to f32 (exactly) and
+/// multiplied by the `gemm` crate's f32 kernel. gemm's own f16 path would round `x` and `y` to
+/// f16, losing about three decimal digits against the f32 GEMV.
 pub fn matmul_f16(
     w: &[f16],
     m: usize,
@@ -349,51 +329,77 @@ pub fn matmul_f16(
     y: &mut [f32],
     pool: &ThreadPool,
 ) {
+    matmul(w, m, k, x, n, y, pool, Isa::detect());
+}
+
+/// As [`matmul_f16`] with a chosen instruction set (for prefill, [`Isa::Avx512`] selects the
+/// micro-kernel). Results agree with an f64 reference to f32 rounding, not bit for bit across
+/// sets. Panics if this CPU does not support `isa`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_f16_with(
+    w: &[f16],
+    m: usize,
+    k: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    pool: &ThreadPool,
+    isa: Isa,
+) {
+    check_isa(isa, "matmul_f16_with");
+    matmul(w, m, k, x, n, y, pool, isa);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    w: &[f16],
+    m: usize,
+    k: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    pool: &ThreadPool,
+    isa: Isa,
+) {
     if n == 1 {
-        gemv_f16(w, m, k, x, y, pool);
-    } else {
-        assert_eq!(w.len(), m * k, "matmul_f16: w is not {m}x{k}");
-        assert_eq!(x.len(), n * k, "matmul_f16: x is not {n}x{k}");
-        assert_eq!(y.len(), n * m, "matmul_f16: y is not {n}x{m}");
-        let isa = Isa::detect();
-        // SAFETY (both closures): rows `cols` of w and all n*k of x are in bounds (asserted
-        // above); this task owns columns `cols` of y, which `y_at` points into (see
-        // `run_columns`); on the AVX-512 path the CPU has AVX-512 (detected).
-        #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx512 {
-            super::run_columns((n, m, k), 4, y, pool, &|cols, y_at| unsafe {
+        gemv(w, m, k, x, y, pool, isa);
+        return;
+    }
+    assert_eq!(w.len(), m * k, "matmul_f16: w is not {m}x{k}");
+    assert_eq!(x.len(), n * k, "matmul_f16: x is not {n}x{k}");
+    assert_eq!(y.len(), n * m, "matmul_f16: y is not {n}x{m}");
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        super::run_columns((n, m, k), 4, y, pool, &|mut y| {
+            let cols = y.cols();
+            let w = &w[cols.start * k..cols.end * k];
+            // SAFETY: the CPU has AVX-512 (checked by every caller); `w` holds rows `cols` of W
+            // and `x` all n*k inputs (asserted above); the piece owns columns `cols` of the n
+            // rows of y, `y.row_len() == m` apart.
+            unsafe {
                 super::fp16_gemm::gemm_rows(
-                    w[cols.start * k..].as_ptr().cast::<u16>(),
+                    w.as_ptr().cast::<u16>(),
                     cols.len(),
                     k,
                     x.as_ptr(),
                     n,
-                    y_at.get(),
+                    y.as_mut_ptr(),
                     m,
                 )
-            });
-            return;
-        }
-        super::run_columns((n, m, k), 2, y, pool, &|cols, y_at| {
-            f32_blocks(
-                &w[cols.start * k..cols.end * k],
-                k,
-                isa,
-                &mut |r0, buf| unsafe {
-                    gemm_xwt_raw(
-                        buf.as_ptr(),
-                        buf.len() / k,
-                        k,
-                        x.as_ptr(),
-                        n,
-                        y_at.get().add(r0),
-                        m,
-                        1,
-                    )
-                },
-            );
+            }
         });
+        return;
     }
+    super::run_columns((n, m, k), 2, y, pool, &|mut y| {
+        let cols = y.cols();
+        let yp = y.as_mut_ptr();
+        f32_blocks(&w[cols.start * k..cols.end * k], k, isa, &mut |r0, buf| {
+            // SAFETY: `buf` holds rows `cols.start + r0 ..` of W in f32 and `x` all n*k inputs;
+            // the piece owns columns `cols` of the n rows of y (`m` apart), and this block's
+            // columns `cols.start + r0 .. + buf.len() / k` are among them.
+            unsafe { gemm_xwt_raw(buf.as_ptr(), buf.len() / k, k, x.as_ptr(), n, yp.add(r0), m) }
+        });
+    });
 }
 
 #[cfg(test)]
@@ -484,9 +490,9 @@ mod tests {
     }
 
     #[test]
-    fn gemm_and_matmul_match_reference() {
+    fn matmul_matches_reference_on_every_isa() {
         let mut rng = Rng::new(5);
-        let pool = ThreadPool::new(2);
+        let pools = [ThreadPool::new(1), ThreadPool::new(2)];
         let mut cases = shapes(&mut rng);
         // Several conversion chunks (26 rows each) with a ragged last one.
         cases.push((60, CHUNK_ELEMS / 26 - 1));
@@ -496,18 +502,47 @@ mod tests {
             let x = random_f32(&mut rng, n * k);
             let xd: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
             let refs = reference(&to_f64(&w), m, k, &xd, n);
-            for threads in [1, 2] {
-                let mut y = vec![f32::NAN; n * m];
-                gemm_f16(&w, m, k, &x, n, &mut y, threads);
-                check(
-                    &y,
-                    &refs,
-                    &format!("gemm_f16 {n}x{m}x{k} threads {threads}"),
-                );
-            }
             let mut y = vec![f32::NAN; n * m];
-            matmul_f16(&w, m, k, &x, n, &mut y, &pool);
+            matmul_f16(&w, m, k, &x, n, &mut y, &pools[1]);
             check(&y, &refs, &format!("matmul_f16 {n}x{m}x{k}"));
+            for isa in Isa::available() {
+                for pool in &pools {
+                    let mut y = vec![f32::NAN; n * m];
+                    matmul_f16_with(&w, m, k, &x, n, &mut y, pool, isa);
+                    check(
+                        &y,
+                        &refs,
+                        &format!("matmul_f16 {n}x{m}x{k} {isa:?} {pool:?}"),
+                    );
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// The prefill tiles (4 rows x 6 tokens x 16 k on AVX-512) at ragged rows, tokens and
+        /// k, and the f32-block path elsewhere, against the f64 reference on every set.
+        #[test]
+        fn prefill_matches_reference_at_ragged_shapes(
+            m in 1usize..70,
+            k in 1usize..100,
+            n in 2usize..16,
+            threads in 1usize..4,
+            seed in 0u64..1 << 32,
+        ) {
+            let mut rng = Rng::new(seed);
+            let w = random_f16(&mut rng, m * k);
+            let x = random_f32(&mut rng, n * k);
+            let xd: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+            let refs = reference(&to_f64(&w), m, k, &xd, n);
+            let pool = ThreadPool::new(threads);
+            for isa in Isa::available() {
+                let mut y = vec![f32::NAN; n * m];
+                matmul_f16_with(&w, m, k, &x, n, &mut y, &pool, isa);
+                check(&y, &refs, &format!("matmul_f16 {n}x{m}x{k} {isa:?} {threads} threads"));
+            }
         }
     }
 }

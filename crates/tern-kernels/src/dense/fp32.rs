@@ -219,60 +219,12 @@ pub(super) fn hsum_avx2(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// `y[n][m] = x[n][k] * W^T` through the `gemm` crate on `threads` threads (its rayon pool).
-pub fn gemm_f32(w: &[f32], m: usize, k: usize, x: &[f32], n: usize, y: &mut [f32], threads: usize) {
-    assert_eq!(w.len(), m * k, "gemm_f32: w is not {m}x{k}");
-    assert_eq!(x.len(), n * k, "gemm_f32: x is not {n}x{k}");
-    assert_eq!(y.len(), n * m, "gemm_f32: y is not {n}x{m}");
-    gemm_xwt(w, m, k, x, n, y, m, threads);
-}
-
-/// `y[t*ldy + o] = sum_j x[t*k + j] * w[o*k + j]` for `t < n`, `o < m`; the stride `ldy` lets
-/// the f16 path write a column block of a wider `y`.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn gemm_xwt(
-    w: &[f32],
-    m: usize,
-    k: usize,
-    x: &[f32],
-    n: usize,
-    y: &mut [f32],
-    ldy: usize,
-    threads: usize,
-) {
-    assert!(w.len() >= m * k && x.len() >= n * k && ldy >= m);
-    if n == 0 || m == 0 {
-        return;
-    }
-    assert!(y.len() >= (n - 1) * ldy + m, "gemm: y too short");
-    if k == 0 {
-        for t in 0..n {
-            y[t * ldy..t * ldy + m].fill(0.0);
-        }
-        return;
-    }
-    // SAFETY: the asserts above keep every element gemm addresses in bounds (see
-    // `gemm_xwt_raw`); `y` is exclusively borrowed and does not alias the shared `x` / `w`.
-    unsafe {
-        gemm_xwt_raw(
-            w.as_ptr(),
-            m,
-            k,
-            x.as_ptr(),
-            n,
-            y.as_mut_ptr(),
-            ldy,
-            threads,
-        )
-    }
-}
-
-/// [`gemm_xwt`] on raw pointers, so that pool tasks can write disjoint columns of one `y`.
+/// `y[t*ldy + o] = sum_j x[t*k + j] * w[o*k + j]` for `t < n`, `o < m`, single-threaded
+/// through the `gemm` crate (pool tasks call it on their own column blocks of one `y`).
 ///
 /// # Safety
 /// `w` readable for `m*k` floats, `x` for `n*k`, `y` writable at `t*ldy + o` for `t < n`,
 /// `o < m`, and no other thread touches those elements of `y` during the call.
-#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn gemm_xwt_raw(
     w: *const f32,
     m: usize,
@@ -281,13 +233,7 @@ pub(super) unsafe fn gemm_xwt_raw(
     n: usize,
     y: *mut f32,
     ldy: usize,
-    threads: usize,
 ) {
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
     // In gemm's terms dst (n x m) = lhs (n x k, x) * rhs (k x m, W^T: element (j, o) is
     // w[o*k + j], so row stride 1 and column stride k). With read_dst = false, dst = beta * lhs * rhs.
     // SAFETY: the caller's contract covers every element gemm addresses: lhs (t, j) at
@@ -312,7 +258,7 @@ pub(super) unsafe fn gemm_xwt_raw(
             false,
             false,
             false,
-            parallelism,
+            gemm::Parallelism::None,
         );
     }
 }
@@ -334,21 +280,12 @@ pub fn matmul_f32(
         assert_eq!(x.len(), n * k, "matmul_f32: x is not {n}x{k}");
         assert_eq!(y.len(), n * m, "matmul_f32: y is not {n}x{m}");
         // Two tasks per thread: a thread the OS delays holds up a quarter, not half, of it.
-        super::run_columns((n, m, k), 2, y, pool, &|cols, y_at| {
-            // SAFETY: rows `cols` of w and all n*k of x are in bounds (asserted above); this
-            // task owns columns `cols` of y, which `y_at` points into (see `run_columns`).
-            unsafe {
-                gemm_xwt_raw(
-                    w[cols.start * k..].as_ptr(),
-                    cols.len(),
-                    k,
-                    x.as_ptr(),
-                    n,
-                    y_at.get(),
-                    m,
-                    1,
-                )
-            }
+        super::run_columns((n, m, k), 2, y, pool, &|mut y| {
+            let cols = y.cols();
+            let w = &w[cols.start * k..cols.end * k];
+            // SAFETY: `w` holds rows `cols` of W and `x` all n*k inputs (asserted above); the
+            // piece owns columns `cols` of the n rows of y, `y.row_len() == m` apart.
+            unsafe { gemm_xwt_raw(w.as_ptr(), cols.len(), k, x.as_ptr(), n, y.as_mut_ptr(), m) }
         });
     }
 }
@@ -435,7 +372,7 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn gemm_and_matmul_match_reference() {
+    fn matmul_matches_reference() {
         let mut rng = Rng::new(2);
         let pool = ThreadPool::new(2);
         for (i, (m, k)) in shapes(&mut rng).into_iter().enumerate() {
@@ -443,15 +380,6 @@ pub(super) mod tests {
             let w = random_f32(&mut rng, m * k);
             let x = random_f32(&mut rng, n * k);
             let refs = reference(&to_f64(&w), m, k, &to_f64(&x), n);
-            for threads in [1, 2] {
-                let mut y = vec![f32::NAN; n * m];
-                gemm_f32(&w, m, k, &x, n, &mut y, threads);
-                check(
-                    &y,
-                    &refs,
-                    &format!("gemm_f32 {n}x{m}x{k} threads {threads}"),
-                );
-            }
             let mut y = vec![f32::NAN; n * m];
             matmul_f32(&w, m, k, &x, n, &mut y, &pool);
             check(&y, &refs, &format!("matmul_f32 {n}x{m}x{k}"));

@@ -24,12 +24,11 @@
 //!   those to i32 exactly.
 //! * Portable: plain i32 arithmetic, the reference.
 
-use super::{check_isa, task_count, task_rows};
+use super::{check_isa, task_count, ROW_UNIT};
 use crate::actquant::QuantizedActs;
 use crate::aligned::AlignedBytes;
 use crate::cpu::Isa;
-use crate::pool::{SyncPtr, ThreadPool};
-use std::ops::Range;
+use crate::pool::{Cols, ColsPiece, ThreadPool};
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -159,29 +158,24 @@ fn gemv(w: &Int8Matrix, x: &QuantizedActs, y: &mut [f32], pool: &ThreadPool, isa
     assert_eq!(x.k, w.cols, "gemv_i8: activation and weight widths differ");
     assert_eq!(y.len(), n * m, "gemv_i8: y is not {n}x{m}");
     let tasks = task_count(m * w.cols * n, pool);
-    let yp = SyncPtr(y.as_mut_ptr());
-    // SAFETY (for the writes in `rows_i8`): tasks get disjoint row ranges of `0..m` and each
-    // writes only `y[t*m + o]` for its own rows `o`, which is within `y` (len n*m); `y` is
-    // exclusively borrowed until `pool.run` returns after every task.
-    pool.run(tasks, &|task| {
-        rows_i8(w, x, task_rows(m, tasks, task), yp, isa)
-    });
+    // Tasks own disjoint ranges of output rows `o`, i.e. columns of `y`.
+    let parts = Cols::new(y, n, m, 1).align(ROW_UNIT);
+    pool.run_split(tasks, parts, &|_, mut y| rows_i8(w, x, &mut y, isa));
 }
 
-/// Computes rows `rows` of every token into `y` (`[x.n][w.rows]`): four rows at a time for all
-/// tokens, so those rows of W stay in L1 while the tokens go by.
-fn rows_i8(w: &Int8Matrix, x: &QuantizedActs, rows: Range<usize>, y: SyncPtr<f32>, isa: Isa) {
-    let m = w.rows;
+/// Computes rows `y.cols()` of every token into `y` (`[x.n][w.rows]`): four rows at a time for
+/// all tokens, so those rows of W stay in L1 while the tokens go by.
+fn rows_i8(w: &Int8Matrix, x: &QuantizedActs, y: &mut ColsPiece<f32>, isa: Isa) {
+    let rows = y.cols();
     let mut o = rows.start;
     while o < rows.end {
         let r = (rows.end - o).min(4);
         for t in 0..x.n {
             let acc = dots(w, o, r, x.row(t), isa);
             let s = x.scales[t];
-            for (i, &a) in acc[..r].iter().enumerate() {
-                let v = (a as f32 / s) * w.scales[o + i];
-                // SAFETY: see `gemv`: row `o + i` belongs to this task and `t*m + o + i < n*m`.
-                unsafe { *y.get().add(t * m + o + i) = v };
+            let out = &mut y.row(t)[o - rows.start..][..r];
+            for (i, (&a, v)) in acc[..r].iter().zip(out).enumerate() {
+                *v = (a as f32 / s) * w.scales[o + i];
             }
         }
         o += r;

@@ -14,10 +14,10 @@ use std::arch::x86_64::*;
 /// # Safety
 /// The CPU must support AVX2; `job` as produced by `matmul_with`.
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn run(job: &Job) {
+pub(crate) unsafe fn run(job: &mut Job) {
     let n = job.x.n;
     let b3 = job.w.layout == Layout::Tern3;
-    for g in job.groups.clone() {
+    for g in job.groups() {
         let mut t = 0;
         while t + 2 <= n {
             if b3 {
@@ -45,7 +45,7 @@ unsafe fn ge_u8(p: __m256i, k: u8) -> __m256i {
 
 /// One group (two half-blocks) x T tokens.
 #[inline(always)]
-unsafe fn tile<const B3: bool, const T: usize>(job: &Job, g: usize, t0: usize) {
+unsafe fn tile<const B3: bool, const T: usize>(job: &mut Job, g: usize, t0: usize) {
     let blocks = job.w.blocks();
     let bc = if B3 { 20 } else { 16 };
     let stride = job.x.stride;
@@ -112,7 +112,6 @@ unsafe fn tile<const B3: bool, const T: usize>(job: &Job, g: usize, t0: usize) {
             );
             _mm256_storeu_ps(out.as_mut_ptr().add(8 * h), y);
         }
-        // SAFETY: the task owns group g; only its existing rows are written.
-        std::ptr::copy_nonoverlapping(out.as_ptr(), job.out_ptr(tt, g), rows);
+        job.out_group(tt, g).copy_from_slice(&out[..rows]);
     }
 }

@@ -24,10 +24,10 @@ const PREFETCH_AHEAD: usize = 4096;
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VNNI; `job` as produced by `matmul_with`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(crate) unsafe fn run(job: &Job) {
+pub(crate) unsafe fn run(job: &mut Job) {
     let n = job.x.n;
-    let (start, end) = (job.groups.start, job.groups.end);
-    let tile = |g, gs, t, ts| match job.w.layout {
+    let (start, end) = (job.groups().start, job.groups().end);
+    let mut tile = |g, gs, t, ts| match job.w.layout {
         Layout::Tern2 => dispatch::<false>(job, g, gs, t, ts),
         Layout::Tern3 => dispatch::<true>(job, g, gs, t, ts),
     };
@@ -53,7 +53,7 @@ pub(crate) unsafe fn run(job: &Job) {
 
 /// Picks the monomorphised tile for `gs` groups x `ts` tokens.
 #[inline(always)]
-unsafe fn dispatch<const B3: bool>(job: &Job, g: usize, gs: usize, t: usize, ts: usize) {
+unsafe fn dispatch<const B3: bool>(job: &mut Job, g: usize, gs: usize, t: usize, ts: usize) {
     macro_rules! go {
         ($($gs:literal, $ts:literal);*) => {
             match (gs, ts) {
@@ -96,7 +96,7 @@ unsafe fn times3(p: __m512i) -> __m512i {
 
 #[inline(always)]
 unsafe fn tile<const B3: bool, const G: usize, const T: usize, const P: usize>(
-    job: &Job,
+    job: &mut Job,
     g0: usize,
     t0: usize,
 ) {
@@ -171,8 +171,8 @@ unsafe fn tile<const B3: bool, const G: usize, const T: usize, const P: usize>(
                 _mm512_div_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(job.x.scales[tt])),
                 gamma,
             );
-            // SAFETY: the task owns group g; only the `rows` existing rows are written.
-            let dst = job.out_ptr(tt, g);
+            // The store writes exactly the `rows` floats of this task's slice `dst`.
+            let dst = job.out_group(tt, g).as_mut_ptr();
             if rows == GROUP_ROWS {
                 _mm512_storeu_ps(dst, y);
             } else {

@@ -19,7 +19,7 @@ use crate::actquant::QuantizedActs;
 use crate::aligned::AlignedBytes;
 use crate::cpu::Isa;
 use crate::formats::TernaryMatrix;
-use crate::pool::{SyncPtr, ThreadPool};
+use crate::pool::{Chunks, ThreadPool};
 
 /// Rows per group: one byte per row in a 64-byte vector.
 pub const LUT_ROWS: usize = 64;
@@ -142,12 +142,11 @@ impl LutTernary {
         } else {
             pool.threads().min(groups)
         };
-        let out = SyncPtr(y.as_mut_ptr());
         // Table entries hold q * x directly, so there is no code offset to remove.
         let scale = x.scales[t];
-        pool.run(tasks, &|task| {
-            let range = crate::actquant::split(groups, tasks, task);
-            for g in range {
+        // Tasks own disjoint runs of groups, i.e. of `LUT_ROWS` output rows.
+        pool.run_split(tasks, Chunks::new(y, LUT_ROWS), &|_, (range, out)| {
+            for g in range.clone() {
                 let mut acc = [0i32; LUT_ROWS];
                 match isa {
                     #[cfg(target_arch = "x86_64")]
@@ -156,9 +155,9 @@ impl LutTernary {
                     _ => self.group_portable(g, tables, &mut acc),
                 }
                 let rows = (self.rows - g * LUT_ROWS).min(LUT_ROWS);
-                for (l, &a) in acc.iter().enumerate().take(rows) {
-                    // SAFETY: tasks own disjoint groups, so each output row is written once.
-                    unsafe { *out.get().add(g * LUT_ROWS + l) = (a as f32 / scale) * self.gamma };
+                let out = &mut out[(g - range.start) * LUT_ROWS..][..rows];
+                for (o, &a) in out.iter_mut().zip(&acc) {
+                    *o = (a as f32 / scale) * self.gamma;
                 }
             }
         });

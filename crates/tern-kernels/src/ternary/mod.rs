@@ -31,7 +31,7 @@ use crate::aligned::AlignedBytes;
 use crate::cpu::Isa;
 use crate::error::KernelError;
 use crate::formats::TernaryMatrix;
-use crate::pool::{SyncPtr, ThreadPool};
+use crate::pool::{Cols, ColsPiece, ThreadPool};
 
 /// Output rows per group (lanes of a 512-bit vector of i32).
 pub const GROUP_ROWS: usize = 16;
@@ -318,11 +318,10 @@ pub fn matmul_many_with(
         ws.len(),
         ys.len()
     );
-    let mut outs = [SyncPtr(std::ptr::null_mut()); MANY_MAX];
     // First global group of each matrix; the last entry is the total.
     let mut starts = [0usize; MANY_MAX + 1];
     let mut work = 0;
-    for (i, (w, y)) in ws.iter().zip(ys.iter_mut()).enumerate() {
+    for (i, (w, y)) in ws.iter().zip(ys.iter()).enumerate() {
         assert_eq!(
             x.k, w.cols,
             "ternary matmul: activations have k={}, weights {} columns",
@@ -336,7 +335,6 @@ pub fn matmul_many_with(
             x.n,
             w.rows
         );
-        outs[i] = SyncPtr(y.as_mut_ptr());
         starts[i + 1] = starts[i] + w.groups();
         work += w.groups() * w.blocks() * x.n;
     }
@@ -352,47 +350,48 @@ pub fn matmul_many_with(
     } else {
         (pool.threads() * 4).min(groups.div_ceil(2))
     };
-    pool.run(tasks, &|task| {
-        // Keep runs even so two-group tiles stay paired.
-        let lo = (groups * task / tasks) & !1;
-        let hi = if task + 1 == tasks {
-            groups
-        } else {
-            (groups * (task + 1) / tasks) & !1
-        };
-        for (i, w) in ws.iter().enumerate() {
-            let (a, b) = (lo.max(starts[i]), hi.min(starts[i + 1]));
-            if a >= b {
+    // Each task owns one run of the groups of all matrices together (the columns of those
+    // groups in every output), starting at an even group so two-group tiles stay paired.
+    let mut outs: [Option<Cols<f32>>; MANY_MAX] = Default::default();
+    for (i, (w, y)) in ws.iter().zip(ys.iter_mut()).enumerate() {
+        let cols = Cols::new(y, x.n, w.rows, GROUP_ROWS).align(2);
+        outs[i] = Some(cols.within(starts[i], groups));
+    }
+    pool.run_split(tasks, outs, &|_, outs| {
+        for (w, out) in ws.iter().zip(outs) {
+            let Some(out) = out.filter(|o| !o.units().is_empty()) else {
                 continue;
-            }
-            let job = Job {
-                w,
-                x,
-                out: outs[i],
-                groups: a - starts[i]..b - starts[i],
             };
+            let mut job = Job { w, x, out };
             match isa {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `isa.is_supported()` was asserted above, so the CPU has the features
                 // the AVX-512 / AVX2 kernels are compiled for.
-                Isa::Avx512 => unsafe { avx512::run(&job) },
+                Isa::Avx512 => unsafe { avx512::run(&mut job) },
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { avx2::run(&job) },
-                _ => portable::run(&job),
+                // SAFETY: as above.
+                Isa::Avx2 => unsafe { avx2::run(&mut job) },
+                _ => portable::run(&mut job),
             }
         }
     });
 }
 
-/// One task's share: groups `groups` of `w`, all tokens of `x`, written into `out`.
+/// One task's share: groups `out.units()` of `w`, all tokens of `x`, written into `out`.
 pub(crate) struct Job<'a> {
     pub w: &'a PackedTernary,
     pub x: &'a QuantizedActs,
-    pub out: SyncPtr<f32>,
-    pub groups: std::ops::Range<usize>,
+    /// The task's groups' rows of every token's output (columns of `y`).
+    pub out: ColsPiece<'a, f32>,
 }
 
 impl Job<'_> {
+    /// The groups this task computes.
+    #[inline(always)]
+    pub fn groups(&self) -> std::ops::Range<usize> {
+        self.out.units()
+    }
+
     /// Stores the epilogue of one group for token `t`: `(acc - sum) / s * gamma`.
     /// Every kernel funnels through this formula (vectorised with the same operations),
     /// which is what makes their outputs bit-identical.
@@ -407,14 +406,12 @@ impl Job<'_> {
         (self.w.rows - g * GROUP_ROWS).min(GROUP_ROWS)
     }
 
-    /// Pointer to `y[t][16 g]`.
-    ///
-    /// # Safety
-    /// `t < x.n` and `g < groups`; the task must own group `g` (tasks own disjoint groups,
-    /// so no two threads write the same output element).
+    /// `y[t][16 g ..]`, the [`Job::rows_in`] outputs of group `g` (one of this task's) for
+    /// token `t`.
     #[inline(always)]
-    pub unsafe fn out_ptr(&self, t: usize, g: usize) -> *mut f32 {
-        self.out.get().add(t * self.w.rows + g * GROUP_ROWS)
+    pub fn out_group(&mut self, t: usize, g: usize) -> &mut [f32] {
+        let (at, rows) = (g * GROUP_ROWS - self.out.cols().start, self.rows_in(g));
+        &mut self.out.row(t)[at..at + rows]
     }
 }
 

@@ -3,12 +3,12 @@
 
 use super::{base3_digit, Job, Layout, BLOCK_BYTES, GROUP_ROWS};
 
-pub(crate) fn run(job: &Job) {
+pub(crate) fn run(job: &mut Job) {
     let w = job.w;
     let blocks = w.blocks();
     let bc = w.layout.block_cols();
     let data = w.data.as_slice();
-    for g in job.groups.clone() {
+    for g in job.groups() {
         let group = &data[g * blocks * BLOCK_BYTES..(g + 1) * blocks * BLOCK_BYTES];
         for t in 0..job.x.n {
             let x = job.x.row_padded(t);
@@ -33,10 +33,9 @@ pub(crate) fn run(job: &Job) {
                     }
                 }
             }
-            for (l, &a) in acc.iter().enumerate().take(job.rows_in(g)) {
-                // SAFETY: `t < x.n`, `g` is in this task's range and `l` < rows of group g.
-                unsafe { *job.out_ptr(t, g).add(l) = job.finish(a, t) };
-            }
+            let ys: [f32; GROUP_ROWS] = std::array::from_fn(|l| job.finish(acc[l], t));
+            let out = job.out_group(t, g);
+            out.copy_from_slice(&ys[..out.len()]);
         }
     }
 }

@@ -1,0 +1,483 @@
+//! Causal grouped-query attention over a KV cache: per query head, scores `q . k_j * scale`
+//! for every cached position `j`, a softmax, and the softmax-weighted sum of the values.
+//!
+//! [`attend`] is one head; [`attention`] runs every (token, head) pair of a chunk on the pool.
+//! The kernel is written so that the compiler vectorises it at any width with identical
+//! results: dot products keep 16 fixed partial sums ([`dot16`](crate::norm::dot16)),
+//! everything else is element-wise or in position order. So every instruction set and thread
+//! count gives the bits of the plain references, which the tests check.
+
+use crate::cpu::{check_isa, Isa};
+use crate::norm::{dot16_generic, dot16_reference};
+use crate::pool::{Cells, Chunks, ThreadPool};
+
+/// Positions ahead the attention prefetches keys.
+const KV_AHEAD: usize = 16;
+
+/// Below this much work (queries x positions x heads x head_dim) attention runs on the calling
+/// thread.
+const INLINE_WORK: usize = 1 << 12;
+
+/// One query head against the `scores.len()` cached positions of its KV head:
+/// `out = softmax(scale * K q) V`. `keys` and `values` hold those positions, `q.len()` floats
+/// each; `scores` is scratch (left holding the unnormalised softmax weights).
+pub fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_with(q, keys, values, scale, scores, out, Isa::detect())
+}
+
+/// As [`attend`] with a chosen instruction set (all give the same bits). Panics if this CPU
+/// does not support `isa`.
+pub fn attend_with(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+    isa: Isa,
+) {
+    check_isa(isa, "attend_with");
+    check_head(q, keys, values, scores.len(), out);
+    attend_on(isa, q, keys, values, scale, scores, out);
+}
+
+/// The reference for [`attend`]: one position and one element at a time.
+pub fn attend_reference(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
+    let (hd, len) = (q.len(), keys.len() / q.len().max(1));
+    check_head(q, keys, values, len, out);
+    let mut scores = vec![0.0f32; len];
+    for j in 0..len {
+        scores[j] = dot16_reference(q, &keys[j * hd..(j + 1) * hd]) * scale;
+    }
+    let mut max = f32::NEG_INFINITY;
+    for &s in &scores {
+        max = max.max(s);
+    }
+    let mut sum = 0.0;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    for i in 0..hd {
+        let mut o = 0.0;
+        for j in 0..len {
+            o += scores[j] * inv * values[j * hd + i];
+        }
+        out[i] = o;
+    }
+}
+
+fn check_head(q: &[f32], keys: &[f32], values: &[f32], len: usize, out: &[f32]) {
+    let hd = q.len();
+    assert!(
+        hd > 0 && len > 0 && keys.len() == len * hd && values.len() == len * hd && out.len() == hd,
+        "attend: head of {hd}, {len} positions, {} keys, {} values, {} outputs",
+        keys.len(),
+        values.len(),
+        out.len()
+    );
+}
+
+/// Shape of a grouped-query attention: `heads` query heads share `kv_heads` KV heads
+/// (`heads / kv_heads` each, consecutive), all of `head_dim` floats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heads {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Causal attention of the `n` queries in `q` (`[n][heads][head_dim]`, at positions
+/// `pos .. pos + n`) against `keys` and `values` (`[kv_heads][capacity][head_dim]`, positions
+/// `0 .. pos + n` filled) into `out` (like `q`). `scratch` holds one row of `pos + n` scores
+/// per task: `pool.threads() * (pos + n)` floats use every thread, fewer use fewer.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    shape: Heads,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    pos: usize,
+    out: &mut [f32],
+    scratch: &mut [f32],
+    pool: &ThreadPool,
+) {
+    attention_with(
+        shape,
+        q,
+        keys,
+        values,
+        pos,
+        out,
+        scratch,
+        pool,
+        Isa::detect(),
+    )
+}
+
+/// As [`attention`] with a chosen instruction set (all sets and thread counts give the same
+/// bits). Panics if this CPU does not support `isa`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_with(
+    shape: Heads,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    pos: usize,
+    out: &mut [f32],
+    scratch: &mut [f32],
+    pool: &ThreadPool,
+    isa: Isa,
+) {
+    check_isa(isa, "attention_with");
+    let Heads {
+        heads,
+        head_dim: hd,
+        ..
+    } = shape;
+    let (n, cap, group) = check_shapes(shape, q, keys, values, pos, out);
+    if n == 0 {
+        return;
+    }
+    let qd = heads * hd;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let pairs = n * heads;
+    let row = pos + n;
+    let rows = scratch.len() / row;
+    assert!(
+        rows > 0,
+        "attention: scratch of {} floats, rows of {row} needed",
+        scratch.len()
+    );
+    let tasks = if n * row * heads * hd < INLINE_WORK {
+        1
+    } else {
+        pool.threads().min(pairs).min(rows)
+    };
+    // Each task owns a scratch row and a run of (token, head) pairs numbered head-major, so
+    // that a task's consecutive pairs reuse one head's keys and values; `Cells` numbers the
+    // `[token][head]` outputs down the head columns to match.
+    let parts = (
+        Chunks::new(&mut scratch[..tasks * row], row),
+        Cells::new(out, n, heads, hd),
+    );
+    pool.run_split(tasks, parts, &|_, ((_, sc), mut att)| {
+        for pair in att.units() {
+            let (h, t) = (pair / n, pair % n);
+            let len = pos + t + 1;
+            let kv = (h / group) * cap * hd;
+            attend_on(
+                isa,
+                &q[t * qd + h * hd..][..hd],
+                &keys[kv..kv + len * hd],
+                &values[kv..kv + len * hd],
+                scale,
+                &mut sc[..len],
+                att.cell(pair),
+            );
+        }
+    });
+}
+
+/// The reference for [`attention`]: every (token, head) pair through [`attend_reference`].
+pub fn attention_reference(
+    shape: Heads,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    pos: usize,
+    out: &mut [f32],
+) {
+    let Heads {
+        heads,
+        head_dim: hd,
+        ..
+    } = shape;
+    let (n, cap, group) = check_shapes(shape, q, keys, values, pos, out);
+    let scale = 1.0 / (hd as f32).sqrt();
+    for t in 0..n {
+        for h in 0..heads {
+            let len = pos + t + 1;
+            let kv = (h / group) * cap * hd;
+            let at = (t * heads + h) * hd;
+            attend_reference(
+                &q[at..at + hd],
+                &keys[kv..kv + len * hd],
+                &values[kv..kv + len * hd],
+                scale,
+                &mut out[at..at + hd],
+            );
+        }
+    }
+}
+
+/// Checks the shapes; returns (queries, cache capacity, query heads per KV head).
+fn check_shapes(
+    s: Heads,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    pos: usize,
+    out: &[f32],
+) -> (usize, usize, usize) {
+    assert!(
+        s.heads > 0 && s.kv_heads > 0 && s.head_dim > 0 && s.heads.is_multiple_of(s.kv_heads),
+        "attention: {s:?}"
+    );
+    let (qd, kvd) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+    let (n, cap) = (q.len() / qd, keys.len() / kvd);
+    assert!(
+        q.len() == n * qd && out.len() == q.len(),
+        "attention: {} queries, {} outputs, rows of {qd}",
+        q.len(),
+        out.len()
+    );
+    assert!(
+        keys.len() == cap * kvd && values.len() == keys.len() && pos + n <= cap,
+        "attention: {} keys, {} values, rows of {kvd}, {} positions needed",
+        keys.len(),
+        values.len(),
+        pos + n
+    );
+    (n, cap, s.heads / s.kv_heads)
+}
+
+/// [`attend`] on `isa`, whose support the caller checked.
+#[inline(always)]
+fn attend_on(
+    isa: Isa,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: every caller checked that this CPU supports `isa` (`check_isa`), so it has
+        // AVX-512 F.
+        Isa::Avx512 => unsafe { attend_avx512(q, keys, values, scale, scores, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, AVX2.
+        Isa::Avx2 => unsafe { attend_avx2(q, keys, values, scale, scores, out) },
+        _ => attend_generic(q, keys, values, scale, scores, out),
+    }
+}
+
+#[inline(always)]
+fn attend_generic(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    let len = scores.len();
+    let mut max = f32::NEG_INFINITY;
+    for (j, sj) in scores.iter_mut().enumerate() {
+        // One head's cache is a stream of a few tens of KB: too short for the hardware
+        // prefetcher to ramp up, so decode waited on DRAM latency. Ask for the keys a few
+        // positions ahead and for this position's values, which the second pass reads.
+        if j + KV_AHEAD < len {
+            prefetch(&keys[(j + KV_AHEAD) * hd..][..hd]);
+        }
+        prefetch(&values[j * hd..][..hd]);
+        *sj = dot16_generic(q, &keys[j * hd..][..hd]) * scale;
+        max = max.max(*sj);
+    }
+    let mut sum = 0.0;
+    for sj in scores.iter_mut() {
+        *sj = (*sj - max).exp();
+        sum += *sj;
+    }
+    let inv = 1.0 / sum;
+    out.fill(0.0);
+    // Four positions per pass over `out`, each added in position order (the same bits as one
+    // at a time), so `out` is loaded and stored a quarter as often.
+    let values = &values[..len * hd];
+    let (sc4, vc4) = (scores.chunks_exact(4), values.chunks_exact(4 * hd));
+    let (sr, vr) = (sc4.remainder(), vc4.remainder());
+    for (w, v) in sc4.zip(vc4) {
+        let (w0, w1, w2, w3) = (w[0] * inv, w[1] * inv, w[2] * inv, w[3] * inv);
+        let (v0, rest) = v.split_at(hd);
+        let (v1, rest) = rest.split_at(hd);
+        let (v2, v3) = rest.split_at(hd);
+        for i in 0..hd {
+            let mut o = out[i];
+            o += w0 * v0[i];
+            o += w1 * v1[i];
+            o += w2 * v2[i];
+            o += w3 * v3[i];
+            out[i] = o;
+        }
+    }
+    for (&w, v) in sr.iter().zip(vr.chunks_exact(hd)) {
+        let w = w * inv;
+        for (o, &x) in out.iter_mut().zip(v) {
+            *o += w * x;
+        }
+    }
+}
+
+/// Asks for every cache line of `x` (a hint: no effect on results, never faults).
+#[inline(always)]
+fn prefetch(x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in x.chunks(16) {
+        // SAFETY: `_mm_prefetch` is SSE (baseline on x86-64) and only a hint; the pointer is
+        // inside `x`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn attend_avx512(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_generic(q, keys, values, scale, scores, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn attend_avx2(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_generic(q, keys, values, scale, scores, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use proptest::prelude::*;
+
+    fn same_bits(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+
+    /// Values with a spread of magnitudes, so that scores span a wide softmax range.
+    fn random(rng: &mut Rng, len: usize, amp: f32) -> Vec<f32> {
+        (0..len).map(|_| rng.unit_f32() * amp).collect()
+    }
+
+    proptest! {
+        #[test]
+        fn attend_is_bit_exact_on_every_isa(
+            hd in 1usize..80,
+            len in 1usize..70,
+            amp in prop::sample::select(vec![0.1f32, 1.0, 8.0]),
+            seed in any::<u64>(),
+        ) {
+            let mut rng = Rng::new(seed);
+            let q = random(&mut rng, hd, amp);
+            let (k, v) = (random(&mut rng, len * hd, amp), random(&mut rng, len * hd, 1.0));
+            let scale = 1.0 / (hd as f32).sqrt();
+            let mut want = vec![0.0; hd];
+            attend_reference(&q, &k, &v, scale, &mut want);
+            for isa in Isa::available() {
+                let (mut got, mut sc) = (vec![f32::NAN; hd], vec![f32::NAN; len]);
+                attend_with(&q, &k, &v, scale, &mut sc, &mut got, isa);
+                prop_assert!(same_bits(&got, &want), "{:?} hd {} len {}", isa, hd, len);
+            }
+        }
+
+        /// Whole chunks (prefill and decode) with GQA, every set, 1 to 3 threads and scratch
+        /// for fewer rows than threads: the same bits as one pair at a time.
+        #[test]
+        fn attention_is_bit_exact_on_every_isa_and_thread_count(
+            kv_heads in 1usize..4,
+            group in 1usize..4,
+            hd in prop::sample::select(vec![1usize, 7, 16, 33, 64]),
+            n in 1usize..12,
+            pos in 0usize..30,
+            spare in 0usize..3,
+            seed in any::<u64>(),
+        ) {
+            let shape = Heads { heads: kv_heads * group, kv_heads, head_dim: hd };
+            let cap = pos + n + spare;
+            let mut rng = Rng::new(seed);
+            let q = random(&mut rng, n * shape.heads * hd, 2.0);
+            let k = random(&mut rng, kv_heads * cap * hd, 2.0);
+            let v = random(&mut rng, kv_heads * cap * hd, 1.0);
+            let mut want = vec![0.0; q.len()];
+            attention_reference(shape, &q, &k, &v, pos, &mut want);
+            for threads in 1..4 {
+                let pool = ThreadPool::new(threads);
+                for rows in [1, threads] {
+                    let mut scratch = vec![f32::NAN; rows * cap];
+                    for isa in Isa::available() {
+                        let mut got = vec![f32::NAN; q.len()];
+                        attention_with(shape, &q, &k, &v, pos, &mut got, &mut scratch, &pool, isa);
+                        prop_assert!(
+                            same_bits(&got, &want),
+                            "{:?} {:?} n {} pos {} threads {} rows {}", isa, shape, n, pos, threads, rows
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_position_returns_its_value() {
+        let mut out = [0.0; 3];
+        attend(
+            &[1.0, 2.0, 3.0],
+            &[4.0, 5.0, 6.0],
+            &[7.0, -8.0, 9.0],
+            0.5,
+            &mut [0.0],
+            &mut out,
+        );
+        assert_eq!(out, [7.0, -8.0, 9.0]);
+    }
+
+    #[test]
+    #[should_panic(expected = "attention: scratch of 3 floats")]
+    fn attention_needs_a_scratch_row() {
+        let shape = Heads {
+            heads: 1,
+            kv_heads: 1,
+            head_dim: 1,
+        };
+        let pool = ThreadPool::new(1);
+        attention(
+            shape,
+            &[0.0; 2],
+            &[0.0; 4],
+            &[0.0; 4],
+            2,
+            &mut [0.0; 2],
+            &mut [0.0; 3],
+            &pool,
+        );
+    }
+}
