@@ -39,6 +39,8 @@ struct Shared {
 // worker is idle (pending == 0), and read by workers only between observing a new epoch
 // (Acquire) and decrementing `pending` (Release); those orderings make the accesses disjoint.
 unsafe impl Sync for Shared {}
+// SAFETY: the raw job pointer is only dereferenced under the protocol above; every other
+// field is `Send`.
 unsafe impl Send for Shared {}
 
 pub struct ThreadPool {
@@ -52,6 +54,7 @@ pub struct ThreadPool {
 pub struct SyncPtr<T>(pub *mut T);
 // SAFETY: only a pointer value; every dereference site documents why its accesses are disjoint.
 unsafe impl<T> Send for SyncPtr<T> {}
+// SAFETY: as for `Send`: sharing the pointer value is harmless, its dereferences are not.
 unsafe impl<T> Sync for SyncPtr<T> {}
 
 impl<T> SyncPtr<T> {

@@ -523,6 +523,7 @@ fn attention(c: &ModelConfig, layer: usize, n: usize, s: &mut State, pool: &Thre
                 // SAFETY: `Isa::detect` found AVX-512 F (resp. AVX2) on this CPU.
                 tern_kernels::Isa::Avx512 => unsafe { attend_avx512(&head, &mut sc[..len], out) },
                 #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
                 tern_kernels::Isa::Avx2 => unsafe { attend_avx2(&head, &mut sc[..len], out) },
                 _ => attend(&head, &mut sc[..len], out),
             }

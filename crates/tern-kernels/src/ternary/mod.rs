@@ -377,6 +377,7 @@ pub fn matmul_many_with(
                 // the AVX-512 / AVX2 kernels are compiled for.
                 Isa::Avx512 => unsafe { avx512::run(&job) },
                 #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
                 Isa::Avx2 => unsafe { avx2::run(&job) },
                 _ => portable::run(&job),
             }
@@ -414,7 +415,9 @@ impl Job<'_> {
     /// so no two threads write the same output element).
     #[inline(always)]
     pub unsafe fn out_ptr(&self, t: usize, g: usize) -> *mut f32 {
-        self.out.get().add(t * self.w.rows + g * GROUP_ROWS)
+        // SAFETY: with t < x.n and g < groups (this function's contract) the offset is inside
+        // the n x rows output that `out` points to.
+        unsafe { self.out.get().add(t * self.w.rows + g * GROUP_ROWS) }
     }
 }
 
