@@ -31,6 +31,8 @@ pub fn path() -> Result<PathBuf> {
     if path.metadata().is_ok_and(|m| m.len() == BYTES.len() as u64) {
         return Ok(path);
     }
-    tern_train::data::write_atomic(&path, BYTES).context("writing the bundled model")?;
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| tern_io::write_atomic(&path, BYTES))
+        .with_context(|| format!("writing the bundled model to {}", path.display()))?;
     Ok(path)
 }

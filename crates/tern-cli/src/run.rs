@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tern_kernels::{Layout, ThreadPool};
 use tern_model::chat::Message;
 use tern_model::forward::Logits;
@@ -369,36 +369,9 @@ pub fn logits(a: &LogitsArgs) -> Result<()> {
         safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![ids.len(), v], &bytes)
             .context("building the logits tensor")?;
     let data = safetensors::serialize([("logits", view)], None).context("serializing logits")?;
-    write_atomic(&a.out, &data)?;
+    tern_io::write_atomic(&a.out, &data).with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!("wrote {} x {} logits to {}", ids.len(), v, a.out.display());
     Ok(())
-}
-
-/// Writes to a temporary file next to `path` and renames it over `path`: a crash or kill never
-/// leaves a half-written file.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .with_context(|| format!("{}: not a file path", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
 }
 
 pub fn info(a: &InfoArgs) -> Result<()> {
