@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tern_kernels::Layout;
 use tern_model::chat::Message;
 use tern_model::load::Loaded;
@@ -412,15 +412,9 @@ pub fn logits(a: &LogitsArgs) -> Result<()> {
         safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![ids.len(), v], &bytes)
             .context("building the logits tensor")?;
     let data = safetensors::serialize([("logits", view)], None).context("serializing logits")?;
-    write_atomic(&a.out, &data)?;
+    tern_io::write_atomic(&a.out, &data).with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!("wrote {} x {} logits to {}", ids.len(), v, a.out.display());
     Ok(())
-}
-
-/// Writes `data` to `path` atomically ([`tern_model::fsutil::write_atomic`]).
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    tern_model::fsutil::write_atomic(path, data)
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn or_none<T: std::fmt::Display>(v: Option<T>) -> String {

@@ -1,14 +1,9 @@
 //! The `tern` binary end to end on the small fixtures: output, and one clear error line (no
 //! panic) for each kind of bad input.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tern-model/tests/fixtures")
-        .join(name)
-}
+use tern_testutil::{model_fixture as fixture, TempDir};
 
 fn tern(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tern"))
@@ -23,10 +18,8 @@ fn tern(args: &[&str]) -> (bool, String, String) {
 }
 
 /// A copy of a fixture directory in a fresh temporary directory.
-fn copy_fixture(name: &str, tag: &str) -> PathBuf {
-    let dst = std::env::temp_dir().join(format!("tern-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dst);
-    std::fs::create_dir_all(&dst).unwrap();
+fn copy_fixture(name: &str, tag: &str) -> TempDir {
+    let dst = TempDir::new(tag);
     for e in std::fs::read_dir(fixture(name)).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
@@ -67,10 +60,8 @@ fn greedy_run_prints_the_transformers_tokens() {
 
 #[test]
 fn logits_are_written_as_safetensors() {
-    let out = std::env::temp_dir().join(format!(
-        "tern-cli-logits-{}.safetensors",
-        std::process::id()
-    ));
+    let tmp = TempDir::new("logits");
+    let out = tmp.join("logits.safetensors");
     let (ok, _, err) = tern(&[
         "logits",
         fixture("llama_dense_f16").to_str().unwrap(),
@@ -83,7 +74,6 @@ fn logits_are_written_as_safetensors() {
     let bytes = std::fs::read(&out).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(st.tensor("logits").unwrap().shape(), &[3, 256]);
-    std::fs::remove_file(out).unwrap();
 }
 
 #[test]
@@ -124,7 +114,6 @@ fn truncated_weights_are_one_clear_error() {
     let (ok, _, err) = tern(&["info", dir.to_str().unwrap()]);
     assert!(!ok);
     assert_one_error_line(&err, "truncated");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -134,7 +123,6 @@ fn bad_config_is_one_clear_error() {
     let (ok, _, err) = tern(&["info", dir.to_str().unwrap()]);
     assert!(!ok);
     assert_one_error_line(&err, "config.json");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -248,14 +236,11 @@ fn chat_reads_turns_from_a_pipe_and_run_streams_text() {
     assert!(ok, "{err}");
     assert!(out.starts_with("Hello"), "the prompt is echoed: {out:?}");
     assert!(err.contains("generation: "), "{err}");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn convert_to_gguf_and_back_runs_the_transformers_tokens() {
-    let tmp = std::env::temp_dir().join(format!("tern-cli-convert-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).unwrap();
+    let tmp = TempDir::new("convert");
     let gguf = tmp.join("m.gguf");
     let hf = tmp.join("m-hf");
     let greedy = |model: &Path| {
@@ -297,16 +282,15 @@ fn convert_to_gguf_and_back_runs_the_transformers_tokens() {
     let (ok, _, err) = tern(&["convert", gguf.to_str().unwrap(), hf.to_str().unwrap()]);
     assert!(!ok);
     assert_one_error_line(&err, "already exists");
-    std::fs::remove_dir_all(&tmp).unwrap();
 }
 
 /// With no model argument, `tern run` uses the bundled model: the README's first command.
 #[test]
 fn run_without_a_model_uses_the_bundled_one() {
-    let cache = std::env::temp_dir().join(format!("tern-cli-cache-{}", std::process::id()));
+    let cache = TempDir::new("cache");
     let out = Command::new(env!("CARGO_BIN_EXE_tern"))
         .args(["run", "-p", "The Congress", "-n", "8", "--temp", "0"])
-        .env("XDG_CACHE_HOME", &cache)
+        .env("XDG_CACHE_HOME", cache.path())
         .output()
         .expect("running tern");
     let (stdout, stderr) = (
@@ -319,14 +303,12 @@ fn run_without_a_model_uses_the_bundled_one() {
         stdout.starts_with("The Congress") && stdout.len() > "The Congress".len(),
         "{stdout}"
     );
-    let _ = std::fs::remove_dir_all(&cache);
 }
 
 /// `tern train` on a few documents, then eval, export, convert, run and plot the result.
 #[test]
 fn train_eval_export_convert_run_and_plot() {
-    let dir = std::env::temp_dir().join(format!("tern-cli-train-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TempDir::new("train");
     std::fs::create_dir_all(dir.join("text")).unwrap();
     let sentences = [
         "The state of the union is strong, and the people are free.",
@@ -448,7 +430,6 @@ fn train_eval_export_convert_run_and_plot() {
     let (ok, _, err) = tern(&["plot", &s(&run), "-o", &s(&png)]);
     assert!(ok, "{err}");
     assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -22,7 +22,7 @@
 use crate::error::ConvertError;
 use crate::{vocab, Progress};
 use serde_json::{json, Map, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tern_kernels::formats::hf as hf_packed;
 use tern_model::source::{FloatData, FloatTensor, Proj, Source, PROJ_NAMES};
 use tern_model::Activation;
@@ -129,17 +129,6 @@ fn write_json(path: &Path, v: &Value) -> Result<(), ConvertError> {
     std::fs::write(path, text).map_err(|e| ConvertError::io(path.display(), e))
 }
 
-/// Removes the temporary directory unless the conversion finished.
-struct TempDir(Option<PathBuf>);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_dir_all(p);
-        }
-    }
-}
-
 pub fn write(
     src: &dyn Source,
     out: &Path,
@@ -163,18 +152,10 @@ pub fn write(
             ));
         }
     }
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = out
-        .file_name()
-        .ok_or_else(|| ConvertError::file(out.display(), "not a directory name"))?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = parent.join(format!(".{file_name}.tmp.{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).map_err(|e| ConvertError::io(tmp.display(), e))?;
-    let mut guard = TempDir(Some(tmp.clone()));
+    // Written under a temporary name next to `out` and renamed into place when complete (see
+    // `tern_io::AtomicDir`); on an error the temporary directory is removed.
+    let dir = tern_io::AtomicDir::create(out).map_err(|e| ConvertError::io(out.display(), e))?;
+    let tmp = dir.path().to_path_buf();
 
     let mut tensors: Vec<StTensor> = Vec::new();
     progress.set_message("embeddings");
@@ -329,11 +310,8 @@ pub fn write(
         )?;
     }
 
-    if out.exists() {
-        std::fs::remove_dir(out).map_err(|e| ConvertError::io(out.display(), e))?;
-    }
-    std::fs::rename(&tmp, out).map_err(|e| ConvertError::io(out.display(), e))?;
-    guard.0 = None;
+    dir.commit()
+        .map_err(|e| ConvertError::io(out.display(), e))?;
     progress.inc(1);
     Ok(notes)
 }

@@ -3,40 +3,21 @@
 //! gguf-py's dequantization of every tensor (TQ1_0 / TQ2_0 included) equals tern's bit for
 //! bit; its TQ values times the `.scale` tensor equal tern's ternary weights exactly.
 //!
-//! Runs `scripts/gguf_interop.py model`; prints SKIPPED and passes when
-//! `python3 -c "import gguf, numpy"` fails. `TERN_PYTHON` picks another interpreter.
+//! Runs `scripts/gguf_interop.py model`, which needs gguf-py and numpy (`scripts/test.sh`
+//! installs them; `TERN_PYTHON` picks another interpreter). Without them the test skips
+//! visibly, and fails under `CI=true` (`tern_testutil::skip`).
 
 mod common;
 
 use common::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use tern_convert::{convert, HeadType, Options, WeightType};
 use tern_gguf::{GgufArray, GgufFile, GgufValue};
 use tern_model::gguf::GgufSource;
 use tern_model::source::{Proj, Source};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn python() -> Option<String> {
-    let py = std::env::var("TERN_PYTHON").unwrap_or_else(|_| "python3".into());
-    match Command::new(&py)
-        .args(["-c", "import gguf, numpy"])
-        .output()
-    {
-        Ok(o) if o.status.success() => Some(py),
-        _ => {
-            eprintln!(
-                "SKIPPED: `{py} -c \"import gguf\"` failed; pip install gguf==0.19.0 numpy \
-                 (or set TERN_PYTHON)"
-            );
-            None
-        }
-    }
-}
+use tern_testutil::{gguf_py, repo_root};
 
 /// gguf-py's JSON value against tern's reading of the same key.
 fn same_value(key: &str, tern: &GgufValue, py: &Value) {
@@ -152,7 +133,7 @@ fn check_with_gguf_py(py: &str, path: &Path, out: &Path) -> usize {
 
 #[test]
 fn gguf_py_reads_converted_models() {
-    let Some(py) = python() else { return };
+    let Some(py) = gguf_py() else { return };
     let tmp = TempDir::new("interop");
     let dir = tmp.join("hf");
     std::fs::create_dir(&dir).unwrap();
@@ -162,7 +143,7 @@ fn gguf_py_reads_converted_models() {
         (WeightType::TQ2_0, HeadType::Q6K),
         (WeightType::F16, HeadType::F16),
     ] {
-        let out = tmp.join(&format!("{}.gguf", ty.name()));
+        let out = tmp.join(format!("{}.gguf", ty.name()));
         let opts = Options {
             ty,
             head,

@@ -37,7 +37,7 @@ fn hf_to_gguf_matches_golden(name: &str) {
     let (direct_logits, _) = run(&direct, &want.input_ids, 1);
     let tmp = TempDir::new(name);
     for ty in TYPES {
-        let out = tmp.join(&format!("{}.gguf", ty.name()));
+        let out = tmp.join(format!("{}.gguf", ty.name()));
         convert(&fixture(name), &out, &to(ty)).unwrap_or_else(|e| panic!("{name} {ty:?}: {e}"));
         let model = gguf::load_model(&out, &opts()).unwrap();
         assert_eq!(model.config.vocab_size, direct.config.vocab_size);
@@ -91,7 +91,7 @@ fn arch_and_metadata() {
         ("llama_dense_f16", WeightType::TQ2_0, "llama", None, 1),
     ];
     for (name, ty, arch, act, ftype) in cases {
-        let out = tmp.join(&format!("{name}-{}.gguf", ty.name()));
+        let out = tmp.join(format!("{name}-{}.gguf", ty.name()));
         convert(&fixture(name), &out, &to(ty)).unwrap();
         let f = GgufFile::open(&out).unwrap();
         assert_eq!(f.architecture(), Some(arch), "{name}");
@@ -171,7 +171,7 @@ fn gguf_retype_chain_is_exact() {
         WeightType::I2S,
     ];
     for (k, ty) in chain.into_iter().enumerate() {
-        let out = tmp.join(&format!("{k}-{}.gguf", ty.name()));
+        let out = tmp.join(format!("{k}-{}.gguf", ty.name()));
         convert(&prev, &out, &to(ty)).unwrap();
         let f = GgufFile::open(&out).unwrap();
         let expect_ty = match ty {
@@ -212,14 +212,14 @@ fn gguf_to_hf_roundtrip() {
         ("llama_dense_f16", WeightType::F16),
     ] {
         let want = expected(name);
-        let g = tmp.join(&format!("{name}.gguf"));
+        let g = tmp.join(format!("{name}.gguf"));
         convert(&fixture(name), &g, &to(ty)).unwrap();
         let (gguf_logits, greedy) = run(
             &gguf::load_model(&g, &opts()).unwrap(),
             &want.input_ids,
             want.greedy_ids.len(),
         );
-        let dir = tmp.join(&format!("{name}-hf"));
+        let dir = tmp.join(format!("{name}-hf"));
         convert(&g, &dir, &to(ty)).unwrap();
         for f in ["config.json", "generation_config.json", "model.safetensors"] {
             assert!(dir.join(f).is_file(), "{name}: {f}");
@@ -230,7 +230,7 @@ fn gguf_to_hf_roundtrip() {
         assert_eq!(greedy2, greedy);
         assert_eq!(greedy2, want.greedy_ids, "{name}");
 
-        let g2 = tmp.join(&format!("{name}-again.gguf"));
+        let g2 = tmp.join(format!("{name}-again.gguf"));
         convert(&dir, &g2, &to(ty)).unwrap();
         let (a, b) = (std::fs::read(&g).unwrap(), std::fs::read(&g2).unwrap());
         // general.name differs (directory name); compare the tensors instead.
@@ -648,9 +648,9 @@ fn gguf_to_hf_bf16_master() {
     let tmp = TempDir::new("master");
     for name in ["bitnet_online_bf16", "bitnet_1bitllm_f32"] {
         let want = expected(name);
-        let g = tmp.join(&format!("{name}.gguf"));
+        let g = tmp.join(format!("{name}.gguf"));
         convert(&fixture(name), &g, &to(WeightType::TQ2_0)).unwrap();
-        let dir = tmp.join(&format!("{name}-bf16"));
+        let dir = tmp.join(format!("{name}-bf16"));
         convert(&g, &dir, &to(WeightType::BF16)).unwrap();
         let cfg: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())

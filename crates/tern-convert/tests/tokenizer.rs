@@ -39,7 +39,7 @@ fn convert_with(style: &str, tmp: &TempDir) -> Result<std::path::PathBuf, String
     std::fs::create_dir(&dir).unwrap();
     copy_fixture("bitnet_packed", &dir);
     write_tokenizer(&dir, style);
-    let out = tmp.join(&format!("{style}.gguf"));
+    let out = tmp.join(format!("{style}.gguf"));
     convert(&dir, &out, &opts()).map_err(|e| e.to_string())?;
     Ok(out)
 }
@@ -89,7 +89,7 @@ fn check_style(style: &str, pre: &str) {
     let loaded = tern_model::load::open(&out, &Default::default()).unwrap();
     assert!(loaded.stop_tokens.contains(&2) && loaded.stop_tokens.contains(&3));
 
-    let hf = tmp.join(&format!("{style}-hf"));
+    let hf = tmp.join(format!("{style}-hf"));
     convert(&out, &hf, &opts()).unwrap();
     let rebuilt = Tokenizer::from_file(hf.join("tokenizer.json")).unwrap();
     assert_eq!(encodings(&rebuilt), want, "{style}: rebuilt tokenizer.json");

@@ -3,11 +3,10 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
+use tern_io::AtomicFile;
 use tern_kernels::TernaryMatrix;
 
 use crate::error::GgufError;
@@ -242,9 +241,10 @@ impl<'a> GgufWriter<'a> {
         v
     }
 
-    /// Writes `path` atomically: a temp file next to it is written, fsynced and renamed over
-    /// `path`, so a crash or kill never leaves a half-written model under the final name. On
-    /// error the temp file is removed.
+    /// Writes `path` atomically with [`tern_io::AtomicFile`]: a temp file next to it is
+    /// written, fsynced and renamed over `path` (then the directory is fsynced), so a crash or
+    /// kill never leaves a half-written model under the final name. On error the temp file is
+    /// removed.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<(), GgufError> {
         let path = path.as_ref();
         let file = path.display().to_string();
@@ -252,72 +252,13 @@ impl<'a> GgufWriter<'a> {
             let file = file.clone();
             move |source| GgufError::Io { file, op, source }
         };
-        let tmp = TempFile::new(path).map_err(io("create temp file"))?;
+        let mut tmp = AtomicFile::create(path).map_err(io("create temp file"))?;
         {
-            let f = tmp.file.as_ref().expect("open until committed");
-            let mut w = BufWriter::with_capacity(1 << 20, f);
+            let mut w = BufWriter::with_capacity(1 << 20, tmp.file());
             self.write_to(&mut w).map_err(io("write"))?;
             w.flush().map_err(io("write"))?;
-            f.sync_all().map_err(io("fsync"))?;
         }
-        tmp.commit(path).map_err(io("rename"))
-    }
-}
-
-/// A temp file that deletes itself unless committed (also on panic while writing).
-struct TempFile {
-    path: PathBuf,
-    file: Option<File>,
-    committed: bool,
-}
-
-impl TempFile {
-    fn new(target: &Path) -> std::io::Result<Self> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let dir = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let base = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "out.gguf".to_string());
-        let path = dir.join(format!(
-            ".{base}.tmp.{}.{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        Ok(TempFile {
-            path,
-            file: Some(file),
-            committed: false,
-        })
-    }
-
-    fn commit(mut self, target: &Path) -> std::io::Result<()> {
-        drop(self.file.take());
-        fs::rename(&self.path, target)?;
-        self.committed = true;
-        // Make the rename itself durable; best effort (not every platform can fsync a dir).
-        if let Some(dir) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.committed {
-            drop(self.file.take());
-            let _ = fs::remove_file(&self.path);
-        }
+        tmp.commit().map_err(io("fsync and rename"))
     }
 }
 

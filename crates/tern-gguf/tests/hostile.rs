@@ -77,7 +77,7 @@ fn every_prefix_of_a_valid_file_is_an_error() {
 
 #[test]
 fn every_prefix_of_a_file_on_disk_is_an_error() {
-    let dir = tmp_dir("prefix");
+    let dir = TempDir::new("prefix");
     let bytes = sample_writer().to_bytes();
     let path = dir.join("p.gguf");
     // Every 7th prefix through the mmap path (the parser is shared; this covers open()).
@@ -86,7 +86,6 @@ fn every_prefix_of_a_file_on_disk_is_an_error() {
         let e = GgufFile::open(&path).unwrap_err().to_string();
         assert!(e.contains("p.gguf"), "{e}");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Interop with gguf-py (`scripts/gguf_interop.py`). The fixture test needs no Python; the
-//! others run the script and skip (with a message) when `import gguf` fails. Set `TERN_PYTHON`
-//! to an interpreter with `gguf==0.19.0` and numpy installed.
+//! others run the script, which needs `gguf==0.19.0` and numpy (`scripts/test.sh` installs
+//! them; `TERN_PYTHON` picks another interpreter). Without them they skip visibly, and fail
+//! under `CI=true` (`tern_testutil::skip`).
 
 mod common;
 
@@ -10,10 +11,7 @@ use std::process::Command;
 use common::*;
 use tern_gguf::{quants, GgmlType, GgufArray, GgufFile, GgufValue, GgufWriter};
 use tern_kernels::formats::{tq1_0, tq2_0};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use tern_testutil::{gguf_py, repo_root};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf_py_small.gguf")
@@ -118,20 +116,6 @@ fn reads_committed_gguf_py_fixture() {
     check_gguf_py_file(&fixture());
 }
 
-fn python() -> Option<String> {
-    let py = std::env::var("TERN_PYTHON").unwrap_or_else(|_| "python3".into());
-    match Command::new(&py)
-        .args(["-c", "import gguf, numpy"])
-        .output()
-    {
-        Ok(o) if o.status.success() => Some(py),
-        _ => {
-            eprintln!("SKIPPED: `{py} -c \"import gguf\"` failed; pip install gguf==0.19.0 numpy (or set TERN_PYTHON)");
-            None
-        }
-    }
-}
-
 fn run_script(py: &str, args: &[&str]) {
     let out = Command::new(py)
         .arg(repo_root().join("scripts/gguf_interop.py"))
@@ -149,17 +133,16 @@ fn run_script(py: &str, args: &[&str]) {
 
 #[test]
 fn reads_fresh_gguf_py_file() {
-    let Some(py) = python() else { return };
-    let dir = tmp_dir("py-write");
+    let Some(py) = gguf_py() else { return };
+    let dir = TempDir::new("py-write");
     let path = dir.join("py.gguf");
     run_script(&py, &["write", path.to_str().unwrap()]);
     check_gguf_py_file(&path);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn gguf_py_reads_tern_file_and_dequantizes_the_same() {
-    let Some(py) = python() else { return };
+    let Some(py) = gguf_py() else { return };
     let mut w = GgufWriter::new();
     for (k, v) in all_kv() {
         w.add_kv(k, v).unwrap();
@@ -228,9 +211,8 @@ fn gguf_py_reads_tern_file_and_dequantizes_the_same() {
             .unwrap();
         w.add_tensor(name, ty, &dims, bytes).unwrap();
     }
-    let dir = tmp_dir("py-check");
+    let dir = TempDir::new("py-check");
     let path = dir.join("tern.gguf");
     w.write(&path).unwrap();
     run_script(&py, &["check", path.to_str().unwrap()]);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

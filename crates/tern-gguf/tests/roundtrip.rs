@@ -21,7 +21,7 @@ fn every_kv_type_round_trips() {
 
 #[test]
 fn every_tensor_type_round_trips_through_a_file() {
-    let dir = tmp_dir("rt");
+    let dir = TempDir::new("rt");
     let path = dir.join("m.gguf");
     let w = sample_writer();
     w.write(&path).unwrap();
@@ -82,7 +82,6 @@ fn every_tensor_type_round_trips_through_a_file() {
     }
     assert!(matches!(f.tensor("nope"), Err(GgufError::NoTensor { .. })));
     assert!(f.tensor("f32").unwrap().to_ternary().is_err());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -133,7 +132,7 @@ fn writer_rejects_bad_input() {
 
 #[test]
 fn failed_write_leaves_no_temp_file_and_keeps_the_old_file() {
-    let dir = tmp_dir("atomic");
+    let dir = TempDir::new("atomic");
     let path = dir.join("m.gguf");
     std::fs::write(&path, b"old").unwrap();
     // Target is a directory: rename fails after the temp file was fully written.
@@ -156,7 +155,6 @@ fn failed_write_leaves_no_temp_file_and_keeps_the_old_file() {
     assert!(sample_writer().write(dir.join("no/such/dir.gguf")).is_err());
     sample_writer().write(&path).unwrap();
     assert!(GgufFile::open(&path).is_ok());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

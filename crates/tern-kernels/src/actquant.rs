@@ -146,6 +146,7 @@ fn quantize_row(x: &[f32], out: &mut [i8], isa: Isa) -> (f32, i32) {
         // that checked `is_supported`; the functions only need those features.
         Isa::Avx512 => unsafe { quantize_row_avx512(x, out) },
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, for AVX2.
         Isa::Avx2 => unsafe { quantize_row_avx2(x, out) },
         _ => quantize_row_portable(x, out),
     }

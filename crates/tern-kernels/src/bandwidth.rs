@@ -40,49 +40,57 @@ fn xor_portable(part: &[u8]) -> u64 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn xor_avx512(part: &[u8]) -> u64 {
-    use std::arch::x86_64::*;
-    const STREAMS: usize = 4;
-    let lines = part.len() / 64 / STREAMS;
-    let p = part.as_ptr();
-    let mut acc = [_mm512_setzero_si512(); STREAMS];
-    for l in 0..lines {
-        for (i, a) in acc.iter_mut().enumerate() {
-            let line = p.add((i * lines + l) * 64);
-            // Prefetches never fault, even past the end.
-            _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(1024).cast());
-            // SAFETY: (i * lines + l) * 64 + 64 <= STREAMS * lines * 64 <= part.len().
-            *a = _mm512_xor_si512(*a, _mm512_loadu_si512(line.cast()));
+    // SAFETY: the caller checked AVX-512F (the only requirement); every 64-byte load lies
+    // inside `part` (bound at the load), and prefetches never fault.
+    unsafe {
+        use std::arch::x86_64::*;
+        const STREAMS: usize = 4;
+        let lines = part.len() / 64 / STREAMS;
+        let p = part.as_ptr();
+        let mut acc = [_mm512_setzero_si512(); STREAMS];
+        for l in 0..lines {
+            for (i, a) in acc.iter_mut().enumerate() {
+                let line = p.add((i * lines + l) * 64);
+                // Prefetches never fault, even past the end.
+                _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(1024).cast());
+                // SAFETY: (i * lines + l) * 64 + 64 <= STREAMS * lines * 64 <= part.len().
+                *a = _mm512_xor_si512(*a, _mm512_loadu_si512(line.cast()));
+            }
         }
+        let v = _mm512_xor_si512(
+            _mm512_xor_si512(acc[0], acc[1]),
+            _mm512_xor_si512(acc[2], acc[3]),
+        );
+        let mut out = [0u64; 8];
+        _mm512_storeu_si512(out.as_mut_ptr().cast(), v);
+        out.iter().fold(0, |a, b| a ^ b) ^ xor_portable(&part[STREAMS * lines * 64..])
     }
-    let v = _mm512_xor_si512(
-        _mm512_xor_si512(acc[0], acc[1]),
-        _mm512_xor_si512(acc[2], acc[3]),
-    );
-    let mut out = [0u64; 8];
-    _mm512_storeu_si512(out.as_mut_ptr().cast(), v);
-    out.iter().fold(0, |a, b| a ^ b) ^ xor_portable(&part[STREAMS * lines * 64..])
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn xor_avx2(part: &[u8]) -> u64 {
-    use std::arch::x86_64::*;
-    let mut acc = [_mm256_setzero_si256(); 4];
-    let steps = part.len() / 128;
-    let p = part.as_ptr();
-    for s in 0..steps {
-        for (i, a) in acc.iter_mut().enumerate() {
-            // SAFETY: s * 128 + i * 32 + 32 <= part.len().
-            *a = _mm256_xor_si256(*a, _mm256_loadu_si256(p.add(s * 128 + i * 32).cast()));
+    // SAFETY: the caller checked AVX2 (the only requirement); every 32-byte load lies inside
+    // `part` (bound at the load).
+    unsafe {
+        use std::arch::x86_64::*;
+        let mut acc = [_mm256_setzero_si256(); 4];
+        let steps = part.len() / 128;
+        let p = part.as_ptr();
+        for s in 0..steps {
+            for (i, a) in acc.iter_mut().enumerate() {
+                // SAFETY: s * 128 + i * 32 + 32 <= part.len().
+                *a = _mm256_xor_si256(*a, _mm256_loadu_si256(p.add(s * 128 + i * 32).cast()));
+            }
         }
+        let v = _mm256_xor_si256(
+            _mm256_xor_si256(acc[0], acc[1]),
+            _mm256_xor_si256(acc[2], acc[3]),
+        );
+        let mut out = [0u64; 4];
+        _mm256_storeu_si256(out.as_mut_ptr().cast(), v);
+        out.iter().fold(0, |a, b| a ^ b) ^ xor_portable(&part[steps * 128..])
     }
-    let v = _mm256_xor_si256(
-        _mm256_xor_si256(acc[0], acc[1]),
-        _mm256_xor_si256(acc[2], acc[3]),
-    );
-    let mut out = [0u64; 4];
-    _mm256_storeu_si256(out.as_mut_ptr().cast(), v);
-    out.iter().fold(0, |a, b| a ^ b) ^ xor_portable(&part[steps * 128..])
 }
 
 #[cfg(test)]

@@ -36,6 +36,6 @@ pub fn path() -> Result<PathBuf, ModelError> {
         source,
     };
     std::fs::create_dir_all(&dir).map_err(io)?;
-    crate::fsutil::write_atomic(&path, BYTES).map_err(io)?;
+    tern_io::write_atomic(&path, BYTES).map_err(io)?;
     Ok(path)
 }

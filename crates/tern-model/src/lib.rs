@@ -10,7 +10,6 @@ pub mod chat;
 pub mod config;
 pub mod error;
 pub mod forward;
-pub mod fsutil;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod hf;

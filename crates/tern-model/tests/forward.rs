@@ -7,6 +7,7 @@ use tern_kernels::{Layout, ThreadPool};
 use tern_model::forward::Logits;
 use tern_model::model::{SyntheticHead, SyntheticWeights};
 use tern_model::{Activation, Head, Linear, Model, ModelConfig, State};
+use tern_testutil::rel_l2;
 
 fn tiny(act: Activation, sub_norms: bool) -> ModelConfig {
     ModelConfig {
@@ -188,12 +189,6 @@ fn reference(m: &Model, tokens: &[u32]) -> Vec<Vec<f64>> {
                 .collect()
         })
         .collect()
-}
-
-fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| y * y).sum();
-    (num / den).sqrt()
 }
 
 const PROMPT: [u32; 9] = [1, 17, 42, 5, 96, 3, 3, 60, 11];

@@ -4,7 +4,6 @@
 //! be an error that names the file and the tensor or key.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use half::f16;
 use tern_gguf::{GgmlType, GgufValue, GgufWriter};
@@ -14,29 +13,19 @@ use tern_model::hf::LoadOptions;
 use tern_model::model::{SyntheticHead, SyntheticWeights};
 use tern_model::{gguf, hf, Activation, Embedding, Head, Linear, Model, ModelConfig};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+use tern_testutil::{model_fixture as fixture, TempDir};
 
-/// A file path under the temp dir, removed on drop.
-struct TempFile(PathBuf);
+/// A file path in a fresh temporary directory, both removed on drop.
+struct TempFile(PathBuf, #[allow(dead_code)] TempDir); // the directory is held for its Drop
 
 impl TempFile {
     fn new(tag: &str) -> TempFile {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        TempFile(std::env::temp_dir().join(format!(
-            "tern-gguf-load-{}-{tag}-{n}.gguf",
-            std::process::id()
-        )))
+        TempFile::named(tag, "model.gguf")
     }
-}
 
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+    fn named(tag: &str, name: &str) -> TempFile {
+        let dir = TempDir::new(tag);
+        TempFile(dir.join(name), dir)
     }
 }
 
@@ -538,16 +527,12 @@ fn quantized_embedding_is_widened_to_f16_and_int8_head_quantizes_it() {
 fn open_recognises_gguf_by_magic_without_the_extension() {
     let m = synthetic();
     let w = export(&m, "bitnet-b1.58", Proj::Ternary(GgmlType::I2_S), &[]);
-    let f = TempFile(
-        std::env::temp_dir().join(format!("tern-gguf-load-{}-noext.bin", std::process::id())),
-    );
+    let f = TempFile::named("noext", "noext.bin");
     w.write(&f.0).unwrap();
     let loaded = tern_model::load::open(&f.0, &LoadOptions::default()).unwrap();
     assert_eq!(loaded.model.config, m.config);
     // A file that is neither: the error says what is expected.
-    let other = TempFile(
-        std::env::temp_dir().join(format!("tern-gguf-load-{}-other.bin", std::process::id())),
-    );
+    let other = TempFile::named("other", "other.bin");
     std::fs::write(&other.0, b"not a model").unwrap();
     let e = match tern_model::load::open(&other.0, &LoadOptions::default()) {
         Ok(_) => panic!("should fail"),

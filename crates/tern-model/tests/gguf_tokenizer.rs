@@ -10,8 +10,8 @@
 //! pieces llama.cpp's regex engine gives (`scripts/llama_cpp_pretok.py`).
 //!
 //! The other reference vocabularies are too large to commit (2-16 MB each). They are read from
-//! `TERN_VOCAB_DIR` (llama.cpp's `models/` directory, which `.ci/run` fetches); without it
-//! those tests print SKIPPED, except under `CI=true`, where they fail. By hand:
+//! `TERN_VOCAB_DIR` (llama.cpp's `models/` directory, which `scripts/test.sh` fetches); without
+//! it those tests skip visibly (`tern_testutil::skip`), and fail under `CI=true`. By hand:
 //!
 //! ```text
 //! pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d /tmp/lcp
@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use tern_gguf::{GgufArray, GgufFile, GgufValue, GgufWriter};
 use tern_model::gguf_tokenizer::tokenizer_from_gguf;
 use tern_model::tokenizer::Tokenizer;
+use tern_testutil::{skip, vocab_dir};
 
 fn strings(v: &[&str]) -> GgufValue {
     GgufValue::Array(GgufArray::String(v.iter().map(|s| s.to_string()).collect()))
@@ -646,10 +647,6 @@ fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vocab")
 }
 
-fn vocab_dir() -> Option<PathBuf> {
-    std::env::var_os("TERN_VOCAB_DIR").map(PathBuf::from)
-}
-
 /// Where `ggml-vocab-<name>.gguf` is: the fixtures, else `TERN_VOCAB_DIR`.
 fn find_vocab(name: &str) -> Option<PathBuf> {
     let file = format!("ggml-vocab-{name}.gguf");
@@ -658,10 +655,6 @@ fn find_vocab(name: &str) -> Option<PathBuf> {
         .flatten()
         .map(|d| d.join(&file))
         .find(|p| p.exists())
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
 /// (text, expected ids) pairs of llama.cpp's `<vocab>.gguf.inp` / `.out` files: cases are
@@ -755,8 +748,7 @@ fn llama_cpp_reference_vocabs() {
             "reference vocabularies not found (set TERN_VOCAB_DIR to llama.cpp's models/): {}",
             missing.join(", ")
         );
-        assert!(!in_ci(), "CI=true: {msg}");
-        eprintln!("SKIPPED: {msg}");
+        skip(&msg);
     }
 }
 
@@ -1138,8 +1130,7 @@ fn bpe_matches_llama_cpp_recorded_ids() {
     eprintln!("BPE vs llama.cpp's recorded ids: {}", summary.join(", "));
     if !missing.is_empty() {
         let msg = format!("not in TERN_VOCAB_DIR: {}", missing.join(", "));
-        assert!(!in_ci(), "CI=true: {msg}");
-        eprintln!("SKIPPED: {msg}");
+        skip(&msg);
     }
     assert!(!summary.iter().any(|s| {
         let (ok, n) = s.rsplit_once(' ').unwrap().1.split_once('/').unwrap();
@@ -1154,11 +1145,7 @@ fn spm_baichuan_matches_llama_cpp_algorithm() {
         .map(|d| d.join("ggml-vocab-baichuan.gguf"))
         .filter(|p| p.exists())
     else {
-        assert!(
-            !in_ci(),
-            "CI=true: ggml-vocab-baichuan.gguf not in TERN_VOCAB_DIR"
-        );
-        eprintln!("SKIPPED: set TERN_VOCAB_DIR to llama.cpp's models/ (ggml-vocab-baichuan.gguf)");
+        skip("set TERN_VOCAB_DIR to llama.cpp's models/ (ggml-vocab-baichuan.gguf)");
         return;
     };
     let bad = differential(&path, 1000);

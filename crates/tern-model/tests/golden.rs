@@ -2,17 +2,12 @@
 //! (see `tests/fixtures/README.md`): full-sequence logits, greedy generation with the KV cache,
 //! and every cached decode step against transformers' cache-free logits.
 
-use std::path::PathBuf;
 use tern_kernels::{Layout, ThreadPool};
 use tern_model::forward::Logits;
 use tern_model::hf::{load_model, LoadOptions};
 use tern_model::State;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+use tern_testutil::{argmax, model_fixture as fixture, rel_l2};
 
 struct Expected {
     input_ids: Vec<u32>,
@@ -48,20 +43,6 @@ fn expected(name: &str) -> Expected {
         seq_ids: ids("seq_ids"),
         seq_logits: f32s("seq_logits"),
     }
-}
-
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
-        .sum();
-    let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
-    (num / den).sqrt()
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b }) as u32
 }
 
 /// Tolerances: the reference's own f32-vs-f64 spread is ~5e-7 (README); ours adds f32

@@ -6,8 +6,7 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use tern_kernels::dense::Int8Matrix;
 use tern_kernels::formats::hf as hf_packed;
 use tern_kernels::rng::Rng;
@@ -15,6 +14,7 @@ use tern_kernels::{Layout, TernaryMatrix, ThreadPool};
 use tern_model::forward::{Logits, State};
 use tern_model::hf::{load_config, load_model, HeadKind, HfQuant, LoadOptions, ScaleConvention};
 use tern_model::{Activation, Head, Linear, Model, ModelError};
+use tern_testutil::TempDir;
 
 // Tiny shapes: GQA 4 query heads / 2 KV heads of 4 dims; a vocabulary just over the int8
 // head's 1024-row conversion block.
@@ -25,29 +25,6 @@ const LAYERS: usize = 2;
 const HEADS: usize = 4;
 const KV_HEADS: usize = 2;
 const KV_DIM: usize = 8;
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("tern-hf-{}-{tag}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A tensor as it goes into a file.
 #[derive(Clone, Debug)]

@@ -4,7 +4,7 @@
 //! seed are the whole RNG and data state. Written atomically; the last N are kept.
 
 use crate::config::Config;
-use crate::data::write_atomic;
+use crate::data::write_file;
 use crate::error::{Result, TrainError};
 use crate::model::param_specs;
 use crate::optim::AdamW;
@@ -91,7 +91,7 @@ pub(crate) fn write_safetensors(
         .collect::<Result<Vec<_>>>()?;
     let bytes =
         safetensors::tensor::serialize(views, Some(meta)).map_err(|e| err(e.to_string()))?;
-    write_atomic(path, &bytes)
+    write_file(path, &bytes)
 }
 
 /// Reads a checkpoint, checking every tensor's presence, dtype and shape against its config.

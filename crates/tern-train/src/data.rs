@@ -3,7 +3,7 @@
 
 use crate::error::{Result, TrainError};
 use memmap2::Mmap;
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 use tern_kernels::rng::Rng;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
@@ -208,34 +208,16 @@ pub fn write_shard(path: &Path, tokens: &[u32], vocab: usize, text_bytes: u64) -
             buf.extend_from_slice(&(t as u16).to_le_bytes());
         }
     }
-    write_atomic(path, &buf)
+    write_file(path, &buf)
 }
 
-/// Temp file in the same directory, fsync, rename, fsync the directory: a kill leaves either
-/// the old file or the new one, never a torn one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    let dir = dir.unwrap_or(Path::new("."));
+/// Writes one of training's files (a shard, checkpoint, config or exported file) with
+/// [`tern_io::write_atomic`], creating its directory first: run and export directories come
+/// into being as training writes into them.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = tern_io::parent_dir(path);
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("out"),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        TrainError::io(path, e)
-    })
+    tern_io::write_atomic(path, bytes).map_err(|e| TrainError::io(path, e))
 }
 
 /// A memory-mapped token shard.

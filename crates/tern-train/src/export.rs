@@ -5,7 +5,7 @@
 
 use crate::checkpoint;
 use crate::config::{Act, Quant};
-use crate::data::{write_atomic, BOS, EOS, EOT};
+use crate::data::{write_file, BOS, EOS, EOT};
 use crate::error::{Result, TrainError};
 use crate::model::is_projection;
 use safetensors::tensor::Dtype;
@@ -162,13 +162,13 @@ pub fn export_hf_ptq(
     checkpoint::write_safetensors(&out.join("model.safetensors"), &blobs, meta)?;
 
     let json = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("json") + "\n";
-    write_atomic(&out.join("config.json"), json(&config).as_bytes())?;
+    write_file(&out.join("config.json"), json(&config).as_bytes())?;
     let gen = serde_json::json!({
         "bos_token_id": id(BOS),
         "eos_token_id": [id(EOS), id(EOT)],
         "do_sample": false,
     });
-    write_atomic(&out.join("generation_config.json"), json(&gen).as_bytes())?;
+    write_file(&out.join("generation_config.json"), json(&gen).as_bytes())?;
     let tcfg = serde_json::json!({
         "bos_token": BOS,
         "eos_token": EOS,
@@ -179,10 +179,10 @@ pub fn export_hf_ptq(
         "chat_template": CHAT_TEMPLATE,
         "clean_up_tokenization_spaces": false,
     });
-    write_atomic(&out.join("tokenizer_config.json"), json(&tcfg).as_bytes())?;
+    write_file(&out.join("tokenizer_config.json"), json(&tcfg).as_bytes())?;
     let tok_json = tok
         .to_string(true)
         .map_err(|e| TrainError::Tokenizer(e.to_string()))?;
-    write_atomic(&out.join("tokenizer.json"), tok_json.as_bytes())?;
+    write_file(&out.join("tokenizer.json"), tok_json.as_bytes())?;
     Ok(())
 }

@@ -106,7 +106,7 @@ impl Trainer {
             });
         }
         std::fs::create_dir_all(&run.0).map_err(|e| TrainError::io(&run.0, e))?;
-        data::write_atomic(&run.config(), config.to_toml().as_bytes())?;
+        data::write_file(&run.config(), config.to_toml().as_bytes())?;
 
         let t0 = Instant::now();
         let corpus = if config.data.train.is_empty() {
@@ -408,7 +408,7 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    data::write_atomic(path, kept.as_bytes())
+    data::write_file(path, kept.as_bytes())
 }
 
 /// Tokenizes other text with the run's tokenizer into a shard next to the run's own (for

@@ -6,6 +6,7 @@ use candle_core::{Device, Tensor, Var, D};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use tern_kernels::rng::Rng;
+use tern_testutil::{rel_l2, TempDir};
 use tern_train::config::{Act, Quant};
 use tern_train::export::{export_hf, Form};
 use tern_train::model::{Model, ProjMode};
@@ -306,7 +307,7 @@ fn new_run(dir: &Path, quant: Quant) -> Trainer {
 
 #[test]
 fn dense_gradients_match_finite_differences() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TempDir::new("train");
     let tr = new_run(dir.path(), Quant::None);
     let m = &tr.model;
     let (x, y) = data::train_batch(&tr.train, 1, 0, 2, 8);
@@ -354,7 +355,7 @@ fn dense_gradients_match_finite_differences() {
 
 #[test]
 fn loss_decreases_on_a_fixed_batch() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TempDir::new("train");
     for quant in [Quant::B158, Quant::None] {
         let mut tr = new_run(&dir.path().join(format!("{quant:?}")), quant);
         tr.config.train.schedule = tern_train::config::Schedule::Constant;
@@ -396,7 +397,7 @@ fn param_bits(tr: &Trainer) -> Vec<(String, Vec<u32>)> {
 
 #[test]
 fn resume_is_bit_exact() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TempDir::new("train");
     let stop = AtomicBool::new(false);
     let mut whole = new_run(&dir.path().join("a"), Quant::B158);
     whole.run(&stop, &mut Silent).unwrap();
@@ -441,7 +442,7 @@ fn resume_is_bit_exact() {
 
 #[test]
 fn bad_checkpoints_and_configs_are_clear_errors() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TempDir::new("train");
     let mut tr = new_run(dir.path(), Quant::B158);
     tr.config.train.steps = 1;
     tr.run(&AtomicBool::new(false), &mut Silent).unwrap();
@@ -496,7 +497,7 @@ fn bad_checkpoints_and_configs_are_clear_errors() {
 /// ternary dot products exact in both; norms, softmax and head in f32).
 #[test]
 fn export_parity_with_the_engine() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TempDir::new("train");
     for (quant, act, form) in [
         (Quant::B158, Act::Relu2, Form::Packed),
         (Quant::B158, Act::Silu, Form::F32),
@@ -526,13 +527,7 @@ fn export_parity_with_the_engine() {
             .forward(&x, &mut st, tern_model::forward::Logits::All, &pool)
             .unwrap()
             .to_vec();
-        let num: f64 = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| ((a - b) as f64).powi(2))
-            .sum();
-        let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
-        let rel = (num / den).sqrt();
+        let rel = rel_l2(&got, &want);
         assert!(rel < 1e-4, "{quant:?} {act:?} {form:?}: relative L2 {rel}");
         let tok = loaded.tokenizer.expect("exported tokenizer loads");
         let ids = tok.encode("We the people", true).unwrap();

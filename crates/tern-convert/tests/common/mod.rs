@@ -1,19 +1,15 @@
 //! Shared helpers: fixtures, expected logits, synthetic HF directories and tokenizers.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use half::bf16;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tern_kernels::{Layout, ThreadPool};
 use tern_model::forward::Logits;
 use tern_model::hf::LoadOptions;
 use tern_model::{Model, State};
 
-pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tern-model/tests/fixtures")
-        .join(name)
-}
+pub use tern_testutil::{argmax, model_fixture as fixture, rel_l2, TempDir};
 
 pub struct Expected {
     pub input_ids: Vec<u32>,
@@ -43,20 +39,6 @@ pub fn expected(name: &str) -> Expected {
             .collect(),
         greedy_ids: ids("greedy_ids"),
     }
-}
-
-pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
-        .sum();
-    let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
-    (num / den).sqrt()
-}
-
-pub fn argmax(v: &[f32]) -> u32 {
-    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b }) as u32
 }
 
 /// Same tolerance as tern-model's tests/golden.rs.
@@ -89,33 +71,6 @@ pub fn run(model: &Model, prompt: &[u32], n: usize) -> (Vec<f32>, Vec<u32>) {
         out.push(tok);
     }
     (logits, out)
-}
-
-/// A fresh empty directory under the system temp dir, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "tern-convert-{}-{tag}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    pub fn join(&self, s: &str) -> PathBuf {
-        self.0.join(s)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Copies a fixture directory's files into `dir`.

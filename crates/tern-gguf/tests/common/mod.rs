@@ -3,6 +3,8 @@ use tern_gguf::{GgmlType, GgufArray, GgufValue, GgufWriter};
 use tern_kernels::rng::Rng;
 use tern_kernels::TernaryMatrix;
 
+pub use tern_testutil::TempDir;
+
 /// One value of every metadata type, arrays of every element type and nested arrays.
 pub fn all_kv() -> Vec<(String, GgufValue)> {
     use GgufArray as A;
@@ -110,11 +112,4 @@ pub fn sample_writer() -> GgufWriter<'static> {
     w.add_ternary("i2_s", GgmlType::I2_S, &ternary(2, 128, 10))
         .unwrap();
     w
-}
-
-pub fn tmp_dir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("tern-gguf-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }

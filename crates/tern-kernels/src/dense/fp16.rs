@@ -81,12 +81,16 @@ fn rows_f16_portable(w: &[f16], k: usize, x: &[f32], y: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn rows_f16_avx512(w: &[f16], k: usize, x: &[f32], y: &mut [f32]) {
-    let wp = w.as_ptr().cast::<u16>();
-    // One row at a time: the rows are consecutive, so this is one sequential stream, which
-    // measured 97% of the read probe at k = 1536-2560 against 73-80% for four interleaved
-    // row streams (`examples`-style A/B on a 196 MB matrix, 2 threads).
-    for (o, yo) in y.iter_mut().enumerate() {
-        *yo = dot_rows_avx512::<1>(wp.add(o * k), k, x.as_ptr())[0];
+    // SAFETY: this function's own contract (its callers guarantee the CPU features it
+    // is compiled for and the in-bounds pointers and lengths its doc states).
+    unsafe {
+        let wp = w.as_ptr().cast::<u16>();
+        // One row at a time: the rows are consecutive, so this is one sequential stream, which
+        // measured 97% of the read probe at k = 1536-2560 against 73-80% for four interleaved
+        // row streams (`examples`-style A/B on a 196 MB matrix, 2 threads).
+        for (o, yo) in y.iter_mut().enumerate() {
+            *yo = dot_rows_avx512::<1>(wp.add(o * k), k, x.as_ptr())[0];
+        }
     }
 }
 
@@ -102,69 +106,73 @@ const PREFETCH_F16: usize = 2048;
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn dot_rows_avx512<const R: usize>(w: *const u16, k: usize, x: *const f32) -> [f32; R] {
-    let mut a0 = [_mm512_setzero_ps(); R];
-    let mut a1 = [_mm512_setzero_ps(); R];
-    let mut j = 0;
-    // Two cache lines per row per step: with one, the loop issues too few loads per
-    // instruction to keep enough DRAM requests in flight (measured: ~25 vs ~40 GB/s).
-    while j + 64 <= k {
-        let x0 = _mm512_loadu_ps(x.add(j));
-        let x1 = _mm512_loadu_ps(x.add(j + 16));
-        let x2 = _mm512_loadu_ps(x.add(j + 32));
-        let x3 = _mm512_loadu_ps(x.add(j + 48));
+    // SAFETY: this function's own contract (its callers guarantee the CPU features it
+    // is compiled for and the in-bounds pointers and lengths its doc states).
+    unsafe {
+        let mut a0 = [_mm512_setzero_ps(); R];
+        let mut a1 = [_mm512_setzero_ps(); R];
+        let mut j = 0;
+        // Two cache lines per row per step: with one, the loop issues too few loads per
+        // instruction to keep enough DRAM requests in flight (measured: ~25 vs ~40 GB/s).
+        while j + 64 <= k {
+            let x0 = _mm512_loadu_ps(x.add(j));
+            let x1 = _mm512_loadu_ps(x.add(j + 16));
+            let x2 = _mm512_loadu_ps(x.add(j + 32));
+            let x3 = _mm512_loadu_ps(x.add(j + 48));
+            for r in 0..R {
+                let wr = w.add(r * k + j);
+                // Prefetches never fault, even past the end.
+                _mm_prefetch::<_MM_HINT_T0>(wr.wrapping_add(PREFETCH_F16).cast());
+                _mm_prefetch::<_MM_HINT_T0>(wr.wrapping_add(PREFETCH_F16 + 32).cast());
+                // Whole-line loads, split in registers: one load per cache line.
+                let l0 = _mm512_loadu_si512(wr.cast());
+                let l1 = _mm512_loadu_si512(wr.add(32).cast());
+                let w0 = _mm512_cvtph_ps(_mm512_castsi512_si256(l0));
+                let w1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(l0));
+                let w2 = _mm512_cvtph_ps(_mm512_castsi512_si256(l1));
+                let w3 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(l1));
+                a0[r] = _mm512_fmadd_ps(w0, x0, a0[r]);
+                a1[r] = _mm512_fmadd_ps(w1, x1, a1[r]);
+                a0[r] = _mm512_fmadd_ps(w2, x2, a0[r]);
+                a1[r] = _mm512_fmadd_ps(w3, x3, a1[r]);
+            }
+            j += 64;
+        }
+        while j + 32 <= k {
+            let x0 = _mm512_loadu_ps(x.add(j));
+            let x1 = _mm512_loadu_ps(x.add(j + 16));
+            for r in 0..R {
+                let wr = w.add(r * k + j);
+                let w0 = _mm512_cvtph_ps(_mm256_loadu_si256(wr.cast()));
+                let w1 = _mm512_cvtph_ps(_mm256_loadu_si256(wr.add(16).cast()));
+                a0[r] = _mm512_fmadd_ps(w0, x0, a0[r]);
+                a1[r] = _mm512_fmadd_ps(w1, x1, a1[r]);
+            }
+            j += 32;
+        }
+        if j + 16 <= k {
+            let x0 = _mm512_loadu_ps(x.add(j));
+            for (r, a) in a0.iter_mut().enumerate() {
+                let w0 = _mm512_cvtph_ps(_mm256_loadu_si256(w.add(r * k + j).cast()));
+                *a = _mm512_fmadd_ps(w0, x0, *a);
+            }
+            j += 16;
+        }
+        if j < k {
+            // Masked-off lanes are not read (no fault past the end) and load as zero.
+            let mask: __mmask16 = (1u16 << (k - j)) - 1;
+            let x0 = _mm512_maskz_loadu_ps(mask, x.add(j));
+            for (r, a) in a1.iter_mut().enumerate() {
+                let w0 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w.add(r * k + j).cast()));
+                *a = _mm512_fmadd_ps(w0, x0, *a);
+            }
+        }
+        let mut out = [0.0; R];
         for r in 0..R {
-            let wr = w.add(r * k + j);
-            // Prefetches never fault, even past the end.
-            _mm_prefetch::<_MM_HINT_T0>(wr.wrapping_add(PREFETCH_F16).cast());
-            _mm_prefetch::<_MM_HINT_T0>(wr.wrapping_add(PREFETCH_F16 + 32).cast());
-            // Whole-line loads, split in registers: one load per cache line.
-            let l0 = _mm512_loadu_si512(wr.cast());
-            let l1 = _mm512_loadu_si512(wr.add(32).cast());
-            let w0 = _mm512_cvtph_ps(_mm512_castsi512_si256(l0));
-            let w1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(l0));
-            let w2 = _mm512_cvtph_ps(_mm512_castsi512_si256(l1));
-            let w3 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(l1));
-            a0[r] = _mm512_fmadd_ps(w0, x0, a0[r]);
-            a1[r] = _mm512_fmadd_ps(w1, x1, a1[r]);
-            a0[r] = _mm512_fmadd_ps(w2, x2, a0[r]);
-            a1[r] = _mm512_fmadd_ps(w3, x3, a1[r]);
+            out[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
         }
-        j += 64;
+        out
     }
-    while j + 32 <= k {
-        let x0 = _mm512_loadu_ps(x.add(j));
-        let x1 = _mm512_loadu_ps(x.add(j + 16));
-        for r in 0..R {
-            let wr = w.add(r * k + j);
-            let w0 = _mm512_cvtph_ps(_mm256_loadu_si256(wr.cast()));
-            let w1 = _mm512_cvtph_ps(_mm256_loadu_si256(wr.add(16).cast()));
-            a0[r] = _mm512_fmadd_ps(w0, x0, a0[r]);
-            a1[r] = _mm512_fmadd_ps(w1, x1, a1[r]);
-        }
-        j += 32;
-    }
-    if j + 16 <= k {
-        let x0 = _mm512_loadu_ps(x.add(j));
-        for (r, a) in a0.iter_mut().enumerate() {
-            let w0 = _mm512_cvtph_ps(_mm256_loadu_si256(w.add(r * k + j).cast()));
-            *a = _mm512_fmadd_ps(w0, x0, *a);
-        }
-        j += 16;
-    }
-    if j < k {
-        // Masked-off lanes are not read (no fault past the end) and load as zero.
-        let mask: __mmask16 = (1u16 << (k - j)) - 1;
-        let x0 = _mm512_maskz_loadu_ps(mask, x.add(j));
-        for (r, a) in a1.iter_mut().enumerate() {
-            let w0 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w.add(r * k + j).cast()));
-            *a = _mm512_fmadd_ps(w0, x0, *a);
-        }
-    }
-    let mut out = [0.0; R];
-    for r in 0..R {
-        out[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
-    }
-    out
 }
 
 /// # Safety
@@ -172,15 +180,19 @@ unsafe fn dot_rows_avx512<const R: usize>(w: *const u16, k: usize, x: *const f32
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_f16_avx2(w: &[f16], k: usize, x: &[f32], y: &mut [f32]) {
-    let m = y.len();
-    let mut o = 0;
-    while o + 4 <= m {
-        y[o..o + 4].copy_from_slice(&dot_rows_avx2::<4>(&w[o * k..(o + 4) * k], k, x));
-        o += 4;
-    }
-    while o < m {
-        y[o] = dot_rows_avx2::<1>(&w[o * k..(o + 1) * k], k, x)[0];
-        o += 1;
+    // SAFETY: this function's own contract (its callers guarantee the CPU features it
+    // is compiled for and the in-bounds pointers and lengths its doc states).
+    unsafe {
+        let m = y.len();
+        let mut o = 0;
+        while o + 4 <= m {
+            y[o..o + 4].copy_from_slice(&dot_rows_avx2::<4>(&w[o * k..(o + 4) * k], k, x));
+            o += 4;
+        }
+        while o < m {
+            y[o] = dot_rows_avx2::<1>(&w[o * k..(o + 1) * k], k, x)[0];
+            o += 1;
+        }
     }
 }
 
@@ -192,46 +204,50 @@ unsafe fn rows_f16_avx2(w: &[f16], k: usize, x: &[f32], y: &mut [f32]) {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_rows_avx2<const R: usize>(w: &[f16], k: usize, x: &[f32]) -> [f32; R] {
-    debug_assert!(w.len() == R * k && x.len() == k);
-    let (wp, xp) = (w.as_ptr().cast::<u16>(), x.as_ptr());
-    let mut a0 = [_mm256_setzero_ps(); R];
-    let mut a1 = [_mm256_setzero_ps(); R];
-    let mut j = 0;
-    while j + 16 <= k {
-        let x0 = _mm256_loadu_ps(xp.add(j));
-        let x1 = _mm256_loadu_ps(xp.add(j + 8));
+    // SAFETY: this function's own contract (its callers guarantee the CPU features it
+    // is compiled for and the in-bounds pointers and lengths its doc states).
+    unsafe {
+        debug_assert!(w.len() == R * k && x.len() == k);
+        let (wp, xp) = (w.as_ptr().cast::<u16>(), x.as_ptr());
+        let mut a0 = [_mm256_setzero_ps(); R];
+        let mut a1 = [_mm256_setzero_ps(); R];
+        let mut j = 0;
+        while j + 16 <= k {
+            let x0 = _mm256_loadu_ps(xp.add(j));
+            let x1 = _mm256_loadu_ps(xp.add(j + 8));
+            for r in 0..R {
+                let wr = wp.add(r * k + j);
+                let w0 = _mm256_cvtph_ps(_mm_loadu_si128(wr.cast()));
+                let w1 = _mm256_cvtph_ps(_mm_loadu_si128(wr.add(8).cast()));
+                a0[r] = _mm256_fmadd_ps(w0, x0, a0[r]);
+                a1[r] = _mm256_fmadd_ps(w1, x1, a1[r]);
+            }
+            j += 16;
+        }
+        if j + 8 <= k {
+            let x0 = _mm256_loadu_ps(xp.add(j));
+            for (r, a) in a0.iter_mut().enumerate() {
+                let w0 = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(r * k + j).cast()));
+                *a = _mm256_fmadd_ps(w0, x0, *a);
+            }
+            j += 8;
+        }
+        if j < k {
+            // There is no 16-bit masked load in AVX2: copy the tail into a zeroed buffer.
+            let x0 = _mm256_maskload_ps(xp.add(j), tail_mask_avx2(k - j));
+            for r in 0..R {
+                let mut buf = [f16::ZERO; 8];
+                buf[..k - j].copy_from_slice(&w[r * k + j..(r + 1) * k]);
+                let w0 = _mm256_cvtph_ps(_mm_loadu_si128(buf.as_ptr().cast()));
+                a1[r] = _mm256_fmadd_ps(w0, x0, a1[r]);
+            }
+        }
+        let mut out = [0.0; R];
         for r in 0..R {
-            let wr = wp.add(r * k + j);
-            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(wr.cast()));
-            let w1 = _mm256_cvtph_ps(_mm_loadu_si128(wr.add(8).cast()));
-            a0[r] = _mm256_fmadd_ps(w0, x0, a0[r]);
-            a1[r] = _mm256_fmadd_ps(w1, x1, a1[r]);
+            out[r] = hsum_avx2(_mm256_add_ps(a0[r], a1[r]));
         }
-        j += 16;
+        out
     }
-    if j + 8 <= k {
-        let x0 = _mm256_loadu_ps(xp.add(j));
-        for (r, a) in a0.iter_mut().enumerate() {
-            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(r * k + j).cast()));
-            *a = _mm256_fmadd_ps(w0, x0, *a);
-        }
-        j += 8;
-    }
-    if j < k {
-        // There is no 16-bit masked load in AVX2: copy the tail into a zeroed buffer.
-        let x0 = _mm256_maskload_ps(xp.add(j), tail_mask_avx2(k - j));
-        for r in 0..R {
-            let mut buf = [f16::ZERO; 8];
-            buf[..k - j].copy_from_slice(&w[r * k + j..(r + 1) * k]);
-            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(buf.as_ptr().cast()));
-            a1[r] = _mm256_fmadd_ps(w0, x0, a1[r]);
-        }
-    }
-    let mut out = [0.0; R];
-    for r in 0..R {
-        out[r] = hsum_avx2(_mm256_add_ps(a0[r], a1[r]));
-    }
-    out
 }
 
 /// Converts `src` to f32 (exact: every f16 is an f32).
@@ -253,19 +269,23 @@ fn f16_to_f32(src: &[f16], dst: &mut [f32], isa: Isa) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn f16_to_f32_avx512(src: &[f16], dst: &mut [f32]) {
-    let (s, d, len) = (src.as_ptr().cast::<u16>(), dst.as_mut_ptr(), src.len());
-    let mut j = 0;
-    while j + 16 <= len {
-        _mm512_storeu_ps(
-            d.add(j),
-            _mm512_cvtph_ps(_mm256_loadu_si256(s.add(j).cast())),
-        );
-        j += 16;
-    }
-    if j < len {
-        let mask: __mmask16 = (1u16 << (len - j)) - 1;
-        let v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, s.add(j).cast()));
-        _mm512_mask_storeu_ps(d.add(j), mask, v);
+    // SAFETY: this function's own contract (its callers guarantee the CPU features it
+    // is compiled for and the in-bounds pointers and lengths its doc states).
+    unsafe {
+        let (s, d, len) = (src.as_ptr().cast::<u16>(), dst.as_mut_ptr(), src.len());
+        let mut j = 0;
+        while j + 16 <= len {
+            _mm512_storeu_ps(
+                d.add(j),
+                _mm512_cvtph_ps(_mm256_loadu_si256(s.add(j).cast())),
+            );
+            j += 16;
+        }
+        if j < len {
+            let mask: __mmask16 = (1u16 << (len - j)) - 1;
+            let v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, s.add(j).cast()));
+            _mm512_mask_storeu_ps(d.add(j), mask, v);
+        }
     }
 }
 
@@ -274,14 +294,18 @@ unsafe fn f16_to_f32_avx512(src: &[f16], dst: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn f16_to_f32_avx2(src: &[f16], dst: &mut [f32]) {
-    let (s, d, len) = (src.as_ptr().cast::<u16>(), dst.as_mut_ptr(), src.len());
-    let mut j = 0;
-    while j + 8 <= len {
-        _mm256_storeu_ps(d.add(j), _mm256_cvtph_ps(_mm_loadu_si128(s.add(j).cast())));
-        j += 8;
-    }
-    for (s, d) in src[j..].iter().zip(&mut dst[j..]) {
-        *d = s.to_f32();
+    // SAFETY: this function's own contract (its callers guarantee the CPU features it
+    // is compiled for and the in-bounds pointers and lengths its doc states).
+    unsafe {
+        let (s, d, len) = (src.as_ptr().cast::<u16>(), dst.as_mut_ptr(), src.len());
+        let mut j = 0;
+        while j + 8 <= len {
+            _mm256_storeu_ps(d.add(j), _mm256_cvtph_ps(_mm_loadu_si128(s.add(j).cast())));
+            j += 8;
+        }
+        for (s, d) in src[j..].iter().zip(&mut dst[j..]) {
+            *d = s.to_f32();
+        }
     }
 }
 

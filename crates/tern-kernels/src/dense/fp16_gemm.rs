@@ -105,7 +105,8 @@ unsafe fn tile<const RR: usize, const TT: usize>(
     y: *mut f32,
     ldy: usize,
 ) {
-    // SAFETY (all loads): row r's elements j < k lie at w + r*k + j and token t's at
+    // SAFETY: reached only from `gemm_rows` (AVX-512 F/BW/VL present, `w`, `x`, `y` as its
+    // contract says). All loads: row r's elements j < k lie at w + r*k + j and token t's at
     // x + t*k + j; the full-width loop stays below k and the tail is masked to j < k.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); TT]; RR];

@@ -82,15 +82,24 @@ pub(super) fn dot_portable(w: &[f32], x: &[f32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn rows_f32_avx512(w: &[f32], k: usize, x: &[f32], y: &mut [f32]) {
-    let m = y.len();
-    let mut o = 0;
-    while o + 4 <= m {
-        y[o..o + 4].copy_from_slice(&dot_rows_avx512::<4>(w.as_ptr().add(o * k), k, x.as_ptr()));
-        o += 4;
-    }
-    while o < m {
-        y[o] = dot_rows_avx512::<1>(w.as_ptr().add(o * k), k, x.as_ptr())[0];
-        o += 1;
+    // SAFETY: the CPU has AVX-512F (this function's contract); rows o .. o + R of w start at o
+    // * k and end at or before w.len() = y.len() * k, and x has k elements, which is what
+    // `dot_rows_avx512` reads.
+    unsafe {
+        let m = y.len();
+        let mut o = 0;
+        while o + 4 <= m {
+            y[o..o + 4].copy_from_slice(&dot_rows_avx512::<4>(
+                w.as_ptr().add(o * k),
+                k,
+                x.as_ptr(),
+            ));
+            o += 4;
+        }
+        while o < m {
+            y[o] = dot_rows_avx512::<1>(w.as_ptr().add(o * k), k, x.as_ptr())[0];
+            o += 1;
+        }
     }
 }
 
@@ -103,39 +112,43 @@ unsafe fn rows_f32_avx512(w: &[f32], k: usize, x: &[f32], y: &mut [f32]) {
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn dot_rows_avx512<const R: usize>(w: *const f32, k: usize, x: *const f32) -> [f32; R] {
-    let mut a0 = [_mm512_setzero_ps(); R];
-    let mut a1 = [_mm512_setzero_ps(); R];
-    let mut j = 0;
-    while j + 32 <= k {
-        let x0 = _mm512_loadu_ps(x.add(j));
-        let x1 = _mm512_loadu_ps(x.add(j + 16));
+    // SAFETY: the CPU has AVX-512F and rows `w .. w + R*k` and `x .. x + k` are readable (this
+    // function's contract): full-width loads stay below k and the tail is masked to j < k.
+    unsafe {
+        let mut a0 = [_mm512_setzero_ps(); R];
+        let mut a1 = [_mm512_setzero_ps(); R];
+        let mut j = 0;
+        while j + 32 <= k {
+            let x0 = _mm512_loadu_ps(x.add(j));
+            let x1 = _mm512_loadu_ps(x.add(j + 16));
+            for r in 0..R {
+                let wr = w.add(r * k + j);
+                a0[r] = _mm512_fmadd_ps(_mm512_loadu_ps(wr), x0, a0[r]);
+                a1[r] = _mm512_fmadd_ps(_mm512_loadu_ps(wr.add(16)), x1, a1[r]);
+            }
+            j += 32;
+        }
+        if j + 16 <= k {
+            let x0 = _mm512_loadu_ps(x.add(j));
+            for (r, a) in a0.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(_mm512_loadu_ps(w.add(r * k + j)), x0, *a);
+            }
+            j += 16;
+        }
+        if j < k {
+            // Masked-off lanes are neither read (no fault past the end) nor nonzero.
+            let mask: __mmask16 = (1u16 << (k - j)) - 1;
+            let x0 = _mm512_maskz_loadu_ps(mask, x.add(j));
+            for (r, a) in a1.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, w.add(r * k + j)), x0, *a);
+            }
+        }
+        let mut out = [0.0; R];
         for r in 0..R {
-            let wr = w.add(r * k + j);
-            a0[r] = _mm512_fmadd_ps(_mm512_loadu_ps(wr), x0, a0[r]);
-            a1[r] = _mm512_fmadd_ps(_mm512_loadu_ps(wr.add(16)), x1, a1[r]);
+            out[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
         }
-        j += 32;
+        out
     }
-    if j + 16 <= k {
-        let x0 = _mm512_loadu_ps(x.add(j));
-        for (r, a) in a0.iter_mut().enumerate() {
-            *a = _mm512_fmadd_ps(_mm512_loadu_ps(w.add(r * k + j)), x0, *a);
-        }
-        j += 16;
-    }
-    if j < k {
-        // Masked-off lanes are neither read (no fault past the end) nor nonzero.
-        let mask: __mmask16 = (1u16 << (k - j)) - 1;
-        let x0 = _mm512_maskz_loadu_ps(mask, x.add(j));
-        for (r, a) in a1.iter_mut().enumerate() {
-            *a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, w.add(r * k + j)), x0, *a);
-        }
-    }
-    let mut out = [0.0; R];
-    for r in 0..R {
-        out[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
-    }
-    out
 }
 
 /// # Safety
@@ -143,15 +156,20 @@ unsafe fn dot_rows_avx512<const R: usize>(w: *const f32, k: usize, x: *const f32
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn rows_f32_avx2(w: &[f32], k: usize, x: &[f32], y: &mut [f32]) {
-    let m = y.len();
-    let mut o = 0;
-    while o + 4 <= m {
-        y[o..o + 4].copy_from_slice(&dot_rows_avx2::<4>(w.as_ptr().add(o * k), k, x.as_ptr()));
-        o += 4;
-    }
-    while o < m {
-        y[o] = dot_rows_avx2::<1>(w.as_ptr().add(o * k), k, x.as_ptr())[0];
-        o += 1;
+    // SAFETY: the CPU has AVX2 and FMA (this function's contract); rows o .. o + R of w start
+    // at o * k and end at or before w.len() = y.len() * k, and x has k elements, which is what
+    // `dot_rows_avx2` reads.
+    unsafe {
+        let m = y.len();
+        let mut o = 0;
+        while o + 4 <= m {
+            y[o..o + 4].copy_from_slice(&dot_rows_avx2::<4>(w.as_ptr().add(o * k), k, x.as_ptr()));
+            o += 4;
+        }
+        while o < m {
+            y[o] = dot_rows_avx2::<1>(w.as_ptr().add(o * k), k, x.as_ptr())[0];
+            o += 1;
+        }
     }
 }
 
@@ -163,39 +181,44 @@ unsafe fn rows_f32_avx2(w: &[f32], k: usize, x: &[f32], y: &mut [f32]) {
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_rows_avx2<const R: usize>(w: *const f32, k: usize, x: *const f32) -> [f32; R] {
-    let mut a0 = [_mm256_setzero_ps(); R];
-    let mut a1 = [_mm256_setzero_ps(); R];
-    let mut j = 0;
-    while j + 16 <= k {
-        let x0 = _mm256_loadu_ps(x.add(j));
-        let x1 = _mm256_loadu_ps(x.add(j + 8));
+    // SAFETY: the CPU has AVX2 and FMA and rows `w .. w + R*k` and `x .. x + k` are readable
+    // (this function's contract): full-width loads stay below k and the tail is a masked load
+    // of j < k.
+    unsafe {
+        let mut a0 = [_mm256_setzero_ps(); R];
+        let mut a1 = [_mm256_setzero_ps(); R];
+        let mut j = 0;
+        while j + 16 <= k {
+            let x0 = _mm256_loadu_ps(x.add(j));
+            let x1 = _mm256_loadu_ps(x.add(j + 8));
+            for r in 0..R {
+                let wr = w.add(r * k + j);
+                a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(wr), x0, a0[r]);
+                a1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(wr.add(8)), x1, a1[r]);
+            }
+            j += 16;
+        }
+        if j + 8 <= k {
+            let x0 = _mm256_loadu_ps(x.add(j));
+            for (r, a) in a0.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(w.add(r * k + j)), x0, *a);
+            }
+            j += 8;
+        }
+        if j < k {
+            // `vmaskmovps` does not touch (or fault on) masked-off elements; they load as zero.
+            let mask = tail_mask_avx2(k - j);
+            let x0 = _mm256_maskload_ps(x.add(j), mask);
+            for (r, a) in a1.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(_mm256_maskload_ps(w.add(r * k + j), mask), x0, *a);
+            }
+        }
+        let mut out = [0.0; R];
         for r in 0..R {
-            let wr = w.add(r * k + j);
-            a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(wr), x0, a0[r]);
-            a1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(wr.add(8)), x1, a1[r]);
+            out[r] = hsum_avx2(_mm256_add_ps(a0[r], a1[r]));
         }
-        j += 16;
+        out
     }
-    if j + 8 <= k {
-        let x0 = _mm256_loadu_ps(x.add(j));
-        for (r, a) in a0.iter_mut().enumerate() {
-            *a = _mm256_fmadd_ps(_mm256_loadu_ps(w.add(r * k + j)), x0, *a);
-        }
-        j += 8;
-    }
-    if j < k {
-        // `vmaskmovps` does not touch (or fault on) masked-off elements; they load as zero.
-        let mask = tail_mask_avx2(k - j);
-        let x0 = _mm256_maskload_ps(x.add(j), mask);
-        for (r, a) in a1.iter_mut().enumerate() {
-            *a = _mm256_fmadd_ps(_mm256_maskload_ps(w.add(r * k + j), mask), x0, *a);
-        }
-    }
-    let mut out = [0.0; R];
-    for r in 0..R {
-        out[r] = hsum_avx2(_mm256_add_ps(a0[r], a1[r]));
-    }
-    out
 }
 
 /// Lane mask (all ones in lanes `< rem`) for `_mm256_maskload_ps`.

@@ -250,32 +250,37 @@ fn dot_portable(w: &[i8], x: &[i8]) -> i32 {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn dot_rows_vnni<const R: usize>(w: *const i8, ws: usize, x: &[i8]) -> [i32; R] {
-    let (k, xp) = (x.len(), x.as_ptr());
-    let bias = _mm512_set1_epi8(i8::MIN);
-    let mut acc = [_mm512_setzero_si512(); R];
-    let mut j = 0;
-    while j + 64 <= k {
-        let xu = _mm512_xor_si512(_mm512_loadu_si512(xp.add(j).cast()), bias);
-        for (r, a) in acc.iter_mut().enumerate() {
-            let wv = _mm512_loadu_si512(w.add(r * ws + j).cast());
-            *a = _mm512_dpbusd_epi32(*a, xu, wv);
+    // SAFETY: the CPU has AVX-512 F/BW + VNNI, `w .. w + R*ws` is readable and ws covers
+    // x.len() rounded up to 64 (this function's contract): x loads stay below k (the tail is
+    // masked) and each 64-byte weight load ends at or before the row's ws bytes.
+    unsafe {
+        let (k, xp) = (x.len(), x.as_ptr());
+        let bias = _mm512_set1_epi8(i8::MIN);
+        let mut acc = [_mm512_setzero_si512(); R];
+        let mut j = 0;
+        while j + 64 <= k {
+            let xu = _mm512_xor_si512(_mm512_loadu_si512(xp.add(j).cast()), bias);
+            for (r, a) in acc.iter_mut().enumerate() {
+                let wv = _mm512_loadu_si512(w.add(r * ws + j).cast());
+                *a = _mm512_dpbusd_epi32(*a, xu, wv);
+            }
+            j += 64;
         }
-        j += 64;
-    }
-    if j < k {
-        // Masked-off lanes of x become 128 after the xor, but they meet zero weight padding.
-        let mask: __mmask64 = (1u64 << (k - j)) - 1;
-        let xu = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, xp.add(j)), bias);
-        for (r, a) in acc.iter_mut().enumerate() {
-            let wv = _mm512_loadu_si512(w.add(r * ws + j).cast());
-            *a = _mm512_dpbusd_epi32(*a, xu, wv);
+        if j < k {
+            // Masked-off lanes of x become 128 after the xor, but they meet zero weight padding.
+            let mask: __mmask64 = (1u64 << (k - j)) - 1;
+            let xu = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, xp.add(j)), bias);
+            for (r, a) in acc.iter_mut().enumerate() {
+                let wv = _mm512_loadu_si512(w.add(r * ws + j).cast());
+                *a = _mm512_dpbusd_epi32(*a, xu, wv);
+            }
         }
+        let mut out = [0; R];
+        for r in 0..R {
+            out[r] = _mm512_reduce_add_epi32(acc[r]);
+        }
+        out
     }
-    let mut out = [0; R];
-    for r in 0..R {
-        out[r] = _mm512_reduce_add_epi32(acc[r]);
-    }
-    out
 }
 
 /// Exact `sum_j x_j * w_j` for `R` rows `ws` bytes apart with the `|x|`, `sign(w, x)` trick
@@ -287,29 +292,35 @@ unsafe fn dot_rows_vnni<const R: usize>(w: *const i8, ws: usize, x: &[i8]) -> [i
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn dot_rows_avx2<const R: usize>(w: *const i8, ws: usize, x: &[i8]) -> [i32; R] {
-    let k = x.len();
-    let mut acc = [_mm256_setzero_si256(); R];
-    let mut j = 0;
-    while j + 32 <= k {
-        let xv = _mm256_loadu_si256(x.as_ptr().add(j).cast());
-        madd_rows_avx2(&mut acc, xv, w.add(j), ws);
-        j += 32;
+    // SAFETY: the CPU has AVX2, `w .. w + R*ws` is readable and ws covers x.len() rounded up to
+    // 32 (this function's contract): x loads stay below k (the tail goes through a stack
+    // buffer) and each 32-byte weight block ends at or before the row's ws bytes, as
+    // `madd_rows_avx2` requires.
+    unsafe {
+        let k = x.len();
+        let mut acc = [_mm256_setzero_si256(); R];
+        let mut j = 0;
+        while j + 32 <= k {
+            let xv = _mm256_loadu_si256(x.as_ptr().add(j).cast());
+            madd_rows_avx2(&mut acc, xv, w.add(j), ws);
+            j += 32;
+        }
+        if j < k {
+            let mut buf = [0i8; 32];
+            buf[..k - j].copy_from_slice(&x[j..]);
+            let xv = _mm256_loadu_si256(buf.as_ptr().cast());
+            madd_rows_avx2(&mut acc, xv, w.add(j), ws);
+        }
+        let mut out = [0; R];
+        for r in 0..R {
+            let v = acc[r];
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+            out[r] = _mm_cvtsi128_si32(s);
+        }
+        out
     }
-    if j < k {
-        let mut buf = [0i8; 32];
-        buf[..k - j].copy_from_slice(&x[j..]);
-        let xv = _mm256_loadu_si256(buf.as_ptr().cast());
-        madd_rows_avx2(&mut acc, xv, w.add(j), ws);
-    }
-    let mut out = [0; R];
-    for r in 0..R {
-        let v = acc[r];
-        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-        out[r] = _mm_cvtsi128_si32(s);
-    }
-    out
 }
 
 /// `acc[r] += pairwise-widened x * w[r]` for one 32-byte block.
@@ -325,12 +336,16 @@ unsafe fn madd_rows_avx2<const R: usize>(
     w: *const i8,
     ws: usize,
 ) {
-    let ones = _mm256_set1_epi16(1);
-    let ax = _mm256_abs_epi8(xv);
-    for (r, a) in acc.iter_mut().enumerate() {
-        let wv = _mm256_loadu_si256(w.add(r * ws).cast());
-        let pairs = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, xv));
-        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, ones));
+    // SAFETY: the CPU has AVX2 and `w + r*ws .. + 32` is readable for r < R (this function's
+    // contract), which is exactly what the loads read.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let ax = _mm256_abs_epi8(xv);
+        for (r, a) in acc.iter_mut().enumerate() {
+            let wv = _mm256_loadu_si256(w.add(r * ws).cast());
+            let pairs = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, xv));
+            *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, ones));
+        }
     }
 }
 

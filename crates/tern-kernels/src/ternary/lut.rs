@@ -180,62 +180,67 @@ impl LutTernary {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn group_avx512(&self, g: usize, tables: &LutTables, acc: &mut [i32; LUT_ROWS]) {
-        use std::arch::x86_64::*;
-        let blocks = self.blocks();
-        let w = self.data.as_slice().as_ptr().add(g * blocks * 64);
-        let tab = tables.bytes.as_ptr();
-        let nib = _mm512_set1_epi8(15);
-        // i32 accumulators: rows in the order the unpacks produce (fixed up at the end).
-        let mut wide = [_mm512_setzero_si512(); 4];
-        let mut b = 0;
-        while b < blocks {
-            let end = (b + FLUSH_BLOCKS).min(blocks);
-            // Lane L of `lo16` holds rows 16L..16L+8, of `hi16` rows 16L+8..16L+16, as i16.
-            let (mut lo16, mut hi16) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-            for bb in b..end {
-                // SAFETY: block (g, bb) is inside the packed data; its tables are inside
-                // `tables` (length checked by `gemv`).
-                let p = _mm512_load_si512(w.add(bb * 64).cast());
-                let idx = [
-                    _mm512_and_si512(p, nib),
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(p), nib),
-                ];
-                for (half, idx) in idx.into_iter().enumerate() {
-                    let t = tab.add((2 * bb + half) * 32);
-                    let tlo = _mm512_broadcast_i32x4(_mm_loadu_si128(t.cast()));
-                    let thi = _mm512_broadcast_i32x4(_mm_loadu_si128(t.add(16).cast()));
-                    let vlo = _mm512_shuffle_epi8(tlo, idx);
-                    let vhi = _mm512_shuffle_epi8(thi, idx);
-                    lo16 = _mm512_add_epi16(lo16, _mm512_unpacklo_epi8(vlo, vhi));
-                    hi16 = _mm512_add_epi16(hi16, _mm512_unpackhi_epi8(vlo, vhi));
+        // SAFETY: the CPU has AVX-512 F/BW (checked by the caller, `gemv`) and g < groups:
+        // block (g, bb) lies inside the packed data, 64-byte aligned (AlignedBytes), and its
+        // two 32-byte tables lie inside `tables` (length checked by `gemv`).
+        unsafe {
+            use std::arch::x86_64::*;
+            let blocks = self.blocks();
+            let w = self.data.as_slice().as_ptr().add(g * blocks * 64);
+            let tab = tables.bytes.as_ptr();
+            let nib = _mm512_set1_epi8(15);
+            // i32 accumulators: rows in the order the unpacks produce (fixed up at the end).
+            let mut wide = [_mm512_setzero_si512(); 4];
+            let mut b = 0;
+            while b < blocks {
+                let end = (b + FLUSH_BLOCKS).min(blocks);
+                // Lane L of `lo16` holds rows 16L..16L+8, of `hi16` rows 16L+8..16L+16, as i16.
+                let (mut lo16, mut hi16) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                for bb in b..end {
+                    // SAFETY: block (g, bb) is inside the packed data; its tables are inside
+                    // `tables` (length checked by `gemv`).
+                    let p = _mm512_load_si512(w.add(bb * 64).cast());
+                    let idx = [
+                        _mm512_and_si512(p, nib),
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(p), nib),
+                    ];
+                    for (half, idx) in idx.into_iter().enumerate() {
+                        let t = tab.add((2 * bb + half) * 32);
+                        let tlo = _mm512_broadcast_i32x4(_mm_loadu_si128(t.cast()));
+                        let thi = _mm512_broadcast_i32x4(_mm_loadu_si128(t.add(16).cast()));
+                        let vlo = _mm512_shuffle_epi8(tlo, idx);
+                        let vhi = _mm512_shuffle_epi8(thi, idx);
+                        lo16 = _mm512_add_epi16(lo16, _mm512_unpacklo_epi8(vlo, vhi));
+                        hi16 = _mm512_add_epi16(hi16, _mm512_unpackhi_epi8(vlo, vhi));
+                    }
                 }
+                wide[0] =
+                    _mm512_add_epi32(wide[0], _mm512_cvtepi16_epi32(_mm512_castsi512_si256(lo16)));
+                wide[1] = _mm512_add_epi32(
+                    wide[1],
+                    _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<1>(lo16)),
+                );
+                wide[2] =
+                    _mm512_add_epi32(wide[2], _mm512_cvtepi16_epi32(_mm512_castsi512_si256(hi16)));
+                wide[3] = _mm512_add_epi32(
+                    wide[3],
+                    _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<1>(hi16)),
+                );
+                b = end;
             }
-            wide[0] =
-                _mm512_add_epi32(wide[0], _mm512_cvtepi16_epi32(_mm512_castsi512_si256(lo16)));
-            wide[1] = _mm512_add_epi32(
-                wide[1],
-                _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<1>(lo16)),
-            );
-            wide[2] =
-                _mm512_add_epi32(wide[2], _mm512_cvtepi16_epi32(_mm512_castsi512_si256(hi16)));
-            wide[3] = _mm512_add_epi32(
-                wide[3],
-                _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<1>(hi16)),
-            );
-            b = end;
-        }
-        let mut lanes = [[0i32; 16]; 4];
-        for (dst, v) in lanes.iter_mut().zip(wide) {
-            _mm512_storeu_si512(dst.as_mut_ptr().cast(), v);
-        }
-        // wide[0] = lo16 lanes 0,1 (rows 0..8, 16..24); wide[1] = lanes 2,3 (32..40, 48..56);
-        // wide[2], wide[3] the same for rows +8.
-        for (i, lane) in lanes.iter().enumerate() {
-            let plus8 = if i >= 2 { 8 } else { 0 };
-            let first_lane = if i % 2 == 0 { 0 } else { 2 };
-            for (e, &v) in lane.iter().enumerate() {
-                let row = 16 * (first_lane + e / 8) + plus8 + e % 8;
-                acc[row] = v;
+            let mut lanes = [[0i32; 16]; 4];
+            for (dst, v) in lanes.iter_mut().zip(wide) {
+                _mm512_storeu_si512(dst.as_mut_ptr().cast(), v);
+            }
+            // wide[0] = lo16 lanes 0,1 (rows 0..8, 16..24); wide[1] = lanes 2,3 (32..40, 48..56);
+            // wide[2], wide[3] the same for rows +8.
+            for (i, lane) in lanes.iter().enumerate() {
+                let plus8 = if i >= 2 { 8 } else { 0 };
+                let first_lane = if i % 2 == 0 { 0 } else { 2 };
+                for (e, &v) in lane.iter().enumerate() {
+                    let row = 16 * (first_lane + e / 8) + plus8 + e % 8;
+                    acc[row] = v;
+                }
             }
         }
     }
