@@ -2,8 +2,8 @@
 # The README's test command, and what CI runs (.ci/run): every test of the workspace, with the
 # outside references some of them compare against fetched first, so that they run for real:
 #
-#   - gguf-py 0.19.0 and numpy, for the GGUF interop tests (tern-gguf, tern-convert): used from
-#     TERN_PYTHON or python3 when they import, else installed into a virtualenv in the cache;
+#   - gguf-py 0.19.0 and numpy, for the GGUF interop tests (tern-gguf, tern-convert): the
+#     interpreter in TERN_PYTHON, else python3 if it has them, else a virtualenv in the cache;
 #   - llama.cpp's reference vocabularies, for the tokenizer conformance test (tern-model's
 #     tests/gguf_tokenizer.rs): the ggml-vocab-* files of the llama-cpp-python 0.3.36 sdist
 #     (~75 MB, checked by sha256), unless TERN_VOCAB_DIR is set.
@@ -22,10 +22,40 @@ cd "$(dirname "$0")/.."
 cache="${TERN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tern}"
 mkdir -p "$cache"
 
-has_gguf_py() { "$1" -c 'import gguf, numpy' >/dev/null 2>&1; }
+# Whether interpreter $1 has the gguf-py the interop tests were written against, and numpy.
+has_gguf_py() {
+  "$1" -c 'import importlib.metadata as m, numpy; assert m.version("gguf") == "0.19.0"' \
+    >/dev/null 2>&1
+}
 
+# fetch_sdist NAME VERSION SHA256 DEST: a source archive from the package index pip uses
+# (PIP_INDEX_URL, else PyPI), checked against its sha256. Not `pip download`, which would build
+# the package's build dependencies (cmake, ninja) from source just to read its metadata.
+fetch_sdist() {
+  python3 - "$@" <<'PY'
+import hashlib, html, os, re, sys, urllib.parse, urllib.request
+
+name, version, sha256, dest = sys.argv[1:]
+page_url = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/") + f"/{name}/"
+page = urllib.request.urlopen(page_url, timeout=60).read().decode()
+want = f"{name.replace('-', '_')}-{version}.tar.gz"
+for href in re.findall(r'href="([^"]+)"', page):
+    url = urllib.parse.urljoin(page_url, html.unescape(href).split("#")[0])
+    if url.rsplit("/", 1)[-1] == want:
+        break
+else:
+    sys.exit(f"{want} is not in {page_url}")
+data = urllib.request.urlopen(url, timeout=600).read()
+if hashlib.sha256(data).hexdigest() != sha256:
+    sys.exit(f"{want}: sha256 mismatch")
+with open(dest, "wb") as f:
+    f.write(data)
+PY
+}
+
+# An interpreter given in TERN_PYTHON is used as it is.
 py="${TERN_PYTHON:-python3}"
-if ! has_gguf_py "$py"; then
+if [ -z "${TERN_PYTHON:-}" ] && ! has_gguf_py "$py"; then
   venv="$cache/gguf-py-0.19.0"
   if ! has_gguf_py "$venv/bin/python"; then
     echo "test.sh: installing gguf-py 0.19.0 and numpy into $venv"
@@ -46,12 +76,10 @@ if [ -z "${TERN_VOCAB_DIR:-}" ]; then
   if [ ! -f "$vocab/models/ggml-vocab-llama-bpe.gguf.out" ]; then
     echo "test.sh: fetching llama.cpp's reference vocabularies (llama-cpp-python 0.3.36 sdist)"
     tmp=$(mktemp -d)
-    if python3 -m pip download --quiet --disable-pip-version-check --no-deps \
-         --no-binary :all: llama-cpp-python==0.3.36 -d "$tmp" >/dev/null 2>&1 \
-       && echo "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e  $tmp/llama_cpp_python-0.3.36.tar.gz" \
-         | sha256sum --check --quiet \
-       && tar xzf "$tmp/llama_cpp_python-0.3.36.tar.gz" -C "$tmp" \
-         --wildcards '*/vendor/llama.cpp/models/ggml-vocab-*'; then
+    sdist="$tmp/llama_cpp_python-0.3.36.tar.gz"
+    if fetch_sdist llama-cpp-python 0.3.36 \
+         832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e "$sdist" \
+       && tar xzf "$sdist" -C "$tmp" --wildcards '*/vendor/llama.cpp/models/ggml-vocab-*'; then
       mkdir -p "$vocab"
       rm -rf "$vocab/models"
       mv "$tmp/llama_cpp_python-0.3.36/vendor/llama.cpp/models" "$vocab/models"

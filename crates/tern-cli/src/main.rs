@@ -72,7 +72,48 @@ fn main() {
         } => bench_model::run(&args),
     };
     if let Err(e) = result {
-        eprintln!("tern: error: {e:#}");
+        eprintln!("tern: error: {}", error_line(&e));
         std::process::exit(1);
+    }
+}
+
+/// The error and its causes on one line, each said once. The libraries' errors quote their
+/// cause in their own message (`"{path}: {source}"`, so `to_string()` is complete) and also
+/// return it from `source()`; a cause whose text already ends the line is not repeated.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_line;
+    use anyhow::Context;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "model not found");
+        // A library error that quotes its source, as tern's thiserror enums do.
+        let quoted = tern_model::ModelError::Io {
+            path: "m".into(),
+            source: io(),
+        };
+        assert_eq!(
+            error_line(&anyhow::Error::new(quoted)),
+            "m: model not found"
+        );
+        // Context over a plain cause keeps both.
+        let e = Err::<(), _>(io()).context("loading m").unwrap_err();
+        assert_eq!(error_line(&e), "loading m: model not found");
     }
 }

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
+use image::ImageEncoder;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -90,14 +91,39 @@ pub fn run(a: &Args) -> Result<()> {
     ys.sort_by(|x, y| x.total_cmp(y));
     let ymax = ys[ys.len() * 9 / 10].max(ymin + 0.1) * 1.05;
 
-    let root = BitMapBackend::new(&a.out, (a.width, a.height)).into_drawing_area();
+    // Drawn into memory, encoded, then written with `tern_io::write_atomic`: a bad output path
+    // is an ordinary I/O error naming it, and no half-written PNG is left behind.
+    let mut pixels = vec![0u8; a.width as usize * a.height as usize * 3];
+    draw(&mut pixels, a, &series, xmax, (ymin * 0.97)..ymax)?;
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(&pixels, a.width, a.height, image::ColorType::Rgb8)
+        .context("encoding the PNG")?;
+    tern_io::write_atomic(&a.out, &png).with_context(|| format!("writing {}", a.out.display()))?;
+    eprintln!(
+        "tern: wrote {} ({} runs; thin lines: training loss, smoothed; thick: validation)",
+        a.out.display(),
+        series.len()
+    );
+    Ok(())
+}
+
+/// The chart, as RGB pixels into `pixels` (`width * height * 3` bytes).
+fn draw(
+    pixels: &mut [u8],
+    a: &Args,
+    series: &[Series],
+    xmax: f64,
+    y: std::ops::Range<f64>,
+) -> Result<()> {
+    let root = BitMapBackend::with_buffer(pixels, (a.width, a.height)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(&a.title, ("sans-serif", 24))
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(64)
-        .build_cartesian_2d(0f64..xmax * 1.02, (ymin * 0.97)..ymax)?;
+        .build_cartesian_2d(0f64..xmax * 1.02, y)?;
     chart
         .configure_mesh()
         .x_desc("training tokens (millions)")
@@ -126,12 +152,6 @@ pub fn run(a: &Args) -> Result<()> {
         .label_font(("sans-serif", 16))
         .position(SeriesLabelPosition::UpperRight)
         .draw()?;
-    root.present()
-        .with_context(|| format!("writing {}", a.out.display()))?;
-    eprintln!(
-        "tern: wrote {} ({} runs; thin lines: training loss, smoothed; thick: validation)",
-        a.out.display(),
-        series.len()
-    );
+    root.present()?;
     Ok(())
 }

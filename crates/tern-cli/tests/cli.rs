@@ -499,3 +499,78 @@ fn bench_model_reports_rows_roofline_and_a_profile_that_adds_up() {
         "projections and head timed: {out}"
     );
 }
+
+#[test]
+fn errors_say_each_cause_once() {
+    let (ok, _, err) = tern(&["run", "/nonexistent/model", "-p", "hi"]);
+    assert!(!ok);
+    assert_one_error_line(&err, "/nonexistent/model");
+    assert_eq!(err.matches("model not found").count(), 1, "{err}");
+    // An I/O error inside a library error (tern-train's, for a missing config file).
+    let tmp = TempDir::new("nocfg");
+    let (cfg, run) = (tmp.join("missing.toml"), tmp.join("run"));
+    let (ok, _, err) = tern(&[
+        "train",
+        "-c",
+        cfg.to_str().unwrap(),
+        "-o",
+        run.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert_one_error_line(&err, "missing.toml: No such file or directory");
+    assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
+}
+
+#[test]
+fn a_directory_without_config_json_is_not_a_model_directory() {
+    let dir = TempDir::new("noconfig");
+    std::fs::write(dir.join("notes.txt"), "not a model").unwrap();
+    let (d, out) = (dir.to_str().unwrap(), dir.join("m.gguf"));
+    for args in [
+        vec!["info", d],
+        vec!["run", d, "--prompt-ids", "1"],
+        vec!["convert", d, out.to_str().unwrap()],
+    ] {
+        let (ok, _, err) = tern(&args);
+        assert!(!ok, "{args:?}");
+        assert_one_error_line(&err, "not a model directory: there is no config.json");
+    }
+}
+
+#[test]
+fn plot_into_a_missing_directory_names_the_path() {
+    let run = TempDir::new("plotrun");
+    std::fs::write(
+        run.join("metrics.jsonl"),
+        "{\"tokens\": 1000, \"loss\": 5.0}\n{\"tokens\": 2000, \"loss\": 4.0, \"val_loss\": 4.5}\n",
+    )
+    .unwrap();
+    let (ok, _, err) = tern(&["plot", run.to_str().unwrap(), "-o", "/nope/x.png"]);
+    assert!(!ok);
+    assert_one_error_line(&err, "writing /nope/x.png: No such file or directory");
+    assert!(!err.contains("Os {") && !err.contains("kind:"), "{err}");
+    // The same chart into a directory that exists.
+    let png = run.join("loss.png");
+    let (ok, _, err) = tern(&["plot", run.to_str().unwrap(), "-o", png.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
+}
+
+/// One rule for GGUF and Hugging Face outputs: the output's directory must exist; tern convert
+/// names it and creates nothing.
+#[test]
+fn convert_into_a_missing_directory_is_an_error_for_both_outputs() {
+    let tmp = TempDir::new("convert-parent");
+    let model = fixture("bitnet_packed");
+    for out in ["no/such/m.gguf", "no/such/m-hf"] {
+        let out = tmp.join(out);
+        let (ok, _, err) = tern(&["convert", model.to_str().unwrap(), out.to_str().unwrap()]);
+        assert!(!ok);
+        let parent = tmp.join("no/such");
+        assert_one_error_line(
+            &err,
+            &format!("the directory {} does not exist", parent.display()),
+        );
+        assert!(!tmp.join("no").exists(), "nothing is created");
+    }
+}

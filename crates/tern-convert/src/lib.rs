@@ -154,6 +154,15 @@ pub fn convert(input: &Path, output: &Path, opts: &Options) -> Result<Report, Co
             "the output is the input; choose another path",
         ));
     }
+    // One rule for both kinds of output, as for llama.cpp's tools and `cp`: the output's
+    // directory must exist (a mistyped path is an error, not a new directory tree).
+    let parent = tern_io::parent_dir(output);
+    if !parent.is_dir() {
+        return Err(ConvertError::file(
+            output.display(),
+            format!("the directory {} does not exist", parent.display()),
+        ));
+    }
     let src = tern_model::source::open(input)?;
     let (from, src_arch) = (src.info().format, src.info().arch.clone());
     if is_gguf_path(output) && opts.ty == WeightType::BF16 {

@@ -11,13 +11,11 @@
 //!
 //! The other reference vocabularies are too large to commit (2-16 MB each). They are read from
 //! `TERN_VOCAB_DIR` (llama.cpp's `models/` directory, which `scripts/test.sh` fetches); without
-//! it those tests skip visibly (`tern_testutil::skip`), and fail under `CI=true`. By hand:
+//! it those tests skip visibly (`tern_testutil::skip`), and fail under `CI=true`. This file
+//! alone, with the vocabularies fetched:
 //!
 //! ```text
-//! pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d /tmp/lcp
-//! tar xzf /tmp/lcp/llama_cpp_python-0.3.36.tar.gz -C /tmp/lcp \
-//!     --wildcards '*/vendor/llama.cpp/models/ggml-vocab-*'
-//! TERN_VOCAB_DIR=$(echo /tmp/lcp/*/vendor/llama.cpp/models) cargo test -p tern-model --test gguf_tokenizer
+//! scripts/test.sh -p tern-model --test gguf_tokenizer
 //! ```
 
 use std::cmp::Ordering;

@@ -116,6 +116,7 @@ pub fn skip(why: &str) {
 
 /// A Python interpreter with gguf-py and numpy (`TERN_PYTHON`, else `python3`), or `None`
 /// after [`skip`]ping: the GGUF interop tests compare tern with gguf-py 0.19.0.
+#[track_caller]
 pub fn gguf_py() -> Option<String> {
     let py = std::env::var("TERN_PYTHON").unwrap_or_else(|_| "python3".into());
     match Command::new(&py)

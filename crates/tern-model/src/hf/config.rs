@@ -185,6 +185,15 @@ fn kind(v: &Value) -> &'static str {
 /// Parses `dir/config.json` and, when present, `dir/generation_config.json`.
 pub(super) fn parse(dir: &Path) -> Result<Parsed, ModelError> {
     let path = dir.join(CONFIG_FILE);
+    if dir.is_dir() && !path.exists() {
+        return Err(ModelError::Config {
+            file: dir.display().to_string(),
+            what: format!(
+                "not a model directory: there is no {CONFIG_FILE} (a Hugging Face model \
+                 directory has {CONFIG_FILE} and *.safetensors; a GGUF model is one .gguf file)"
+            ),
+        });
+    }
     let file = path.display().to_string();
     let json = read_json(&path)?;
     let f = Fields::new(&file, "", &json)?;
