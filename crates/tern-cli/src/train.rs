@@ -9,10 +9,10 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tern_train::config::Quant;
 use tern_train::export::{self, Form};
-use tern_train::model::ProjMode;
+use tern_train::recipe::Quant;
 use tern_train::trainer::{EvalInfo, Observer, StepInfo};
+use tern_train::transformer::ProjMode;
 use tern_train::{Config, Trainer};
 
 #[derive(ClapArgs)]

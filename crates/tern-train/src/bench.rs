@@ -5,9 +5,9 @@
 //! matmuls forward and backward, plus 12 x layers x seq_len x (heads x head_dim) for the
 //! attention scores and mixing (forward 4, backward 8; causal masking not discounted).
 
-use crate::config::{Config, Quant};
-use crate::model::{cross_entropy, ids_tensor, Model};
 use crate::optim::AdamW;
+use crate::recipe::{Config, Quant};
+use crate::transformer::{cross_entropy, ids_tensor, Model};
 use candle_core::{Device, Tensor};
 use std::time::Instant;
 use tern_kernels::rng::Rng;

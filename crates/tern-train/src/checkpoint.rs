@@ -3,11 +3,11 @@
 //! config and the data position. The batch of step `s` depends only on (seed, s), so step and
 //! seed are the whole RNG and data state. Written atomically; the last N are kept.
 
-use crate::config::Config;
 use crate::data::write_file;
 use crate::error::{Result, TrainError};
-use crate::model::param_specs;
 use crate::optim::AdamW;
+use crate::recipe::Config;
+use crate::transformer::param_specs;
 use candle_core::{Device, Tensor, Var};
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;

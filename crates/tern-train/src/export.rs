@@ -4,10 +4,10 @@
 //! is, and `tern convert` turns it into GGUF.
 
 use crate::checkpoint;
-use crate::config::{Act, Quant};
 use crate::data::{write_file, BOS, EOS, EOT};
 use crate::error::{Result, TrainError};
-use crate::model::is_projection;
+use crate::recipe::{Act, Quant};
+use crate::transformer::is_projection;
 use safetensors::tensor::Dtype;
 use std::path::Path;
 use tern_kernels::formats::{hf as hf_packed, TernaryMatrix};

@@ -8,17 +8,17 @@
 
 pub mod bench;
 pub mod checkpoint;
-pub mod config;
 pub mod data;
 pub mod error;
 pub mod export;
-pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod quant;
+pub mod recipe;
 pub mod schedule;
 pub mod trainer;
+pub mod transformer;
 
-pub use config::Config;
 pub use error::{Result, TrainError};
+pub use recipe::Config;
 pub use trainer::Trainer;

@@ -1,6 +1,6 @@
 //! Learning-rate and weight-decay schedules (bitnet-spec.md section 3).
 
-use crate::config::{Schedule, TrainSpec};
+use crate::recipe::{Schedule, TrainSpec};
 
 /// `(lr, weight_decay)` for optimizer step `step` (0-based) of `t.steps`.
 pub fn at(t: &TrainSpec, step: u64) -> (f64, f64) {

@@ -9,12 +9,12 @@
 //! ```
 
 use crate::checkpoint;
-use crate::config::Config;
 use crate::data::{self, Shard};
 use crate::error::{Result, TrainError};
-use crate::model::{self, cross_entropy, ids_tensor, Model, ProjMode};
 use crate::optim::{grad_norm, AdamW};
+use crate::recipe::Config;
 use crate::schedule;
+use crate::transformer::{self, cross_entropy, ids_tensor, Model, ProjMode};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -214,7 +214,11 @@ impl Trainer {
                 )));
             }
         }
-        let decay = model.params.iter().map(|(n, _)| model::decays(n)).collect();
+        let decay = model
+            .params
+            .iter()
+            .map(|(n, _)| transformer::decays(n))
+            .collect();
         Ok(Trainer {
             config,
             run,

@@ -7,10 +7,10 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use tern_kernels::rng::Rng;
 use tern_testutil::{rel_l2, TempDir};
-use tern_train::config::{Act, Quant};
 use tern_train::export::{export_hf, Form};
-use tern_train::model::{Model, ProjMode};
+use tern_train::recipe::{Act, Quant};
 use tern_train::trainer::{RunDir, Silent};
+use tern_train::transformer::{Model, ProjMode};
 use tern_train::{checkpoint, data, ops, quant, Config, Trainer};
 
 fn rand_vec(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
@@ -311,16 +311,17 @@ fn dense_gradients_match_finite_differences() {
     let tr = new_run(dir.path(), Quant::None);
     let m = &tr.model;
     let (x, y) = data::train_batch(&tr.train, 1, 0, 2, 8);
-    let ids = tern_train::model::ids_tensor(&x, 2, 8).unwrap();
+    let ids = tern_train::transformer::ids_tensor(&x, 2, 8).unwrap();
     let loss_of = |m: &Model| -> f64 {
         let l = m.forward(&ids, ProjMode::Dense).unwrap();
-        tern_train::model::cross_entropy(&l, &y)
+        tern_train::transformer::cross_entropy(&l, &y)
             .unwrap()
             .to_scalar::<f32>()
             .unwrap() as f64
     };
     let loss =
-        tern_train::model::cross_entropy(&m.forward(&ids, ProjMode::Dense).unwrap(), &y).unwrap();
+        tern_train::transformer::cross_entropy(&m.forward(&ids, ProjMode::Dense).unwrap(), &y)
+            .unwrap();
     let grads = loss.backward().unwrap();
     let mut rng = Rng::new(5);
     let mut checked = 0;
@@ -358,16 +359,16 @@ fn loss_decreases_on_a_fixed_batch() {
     let dir = TempDir::new("train");
     for quant in [Quant::B158, Quant::None] {
         let mut tr = new_run(&dir.path().join(format!("{quant:?}")), quant);
-        tr.config.train.schedule = tern_train::config::Schedule::Constant;
+        tr.config.train.schedule = tern_train::recipe::Schedule::Constant;
         tr.config.train.lr = 3e-3;
         tr.config.train.warmup_steps = 0;
         let (x, y) = data::train_batch(&tr.train, 9, 0, 4, 16);
-        let ids = tern_train::model::ids_tensor(&x, 4, 16).unwrap();
+        let ids = tern_train::transformer::ids_tensor(&x, 4, 16).unwrap();
         let mut opt = tern_train::optim::AdamW::new(&tr.model.params, 0.9, 0.95, 1e-8).unwrap();
         let decay = vec![false; tr.model.params.len()];
         let mut losses = Vec::new();
         for _ in 0..40 {
-            let l = tern_train::model::cross_entropy(
+            let l = tern_train::transformer::cross_entropy(
                 &tr.model.forward(&ids, quant.into()).unwrap(),
                 &y,
             )
@@ -516,7 +517,7 @@ fn export_parity_with_the_engine() {
         export_hf(&ck, &tr.run.tokenizer(), &out, form).unwrap();
 
         let (x, _) = data::train_batch(&tr.valid, 2, 0, 1, 16);
-        let ids = tern_train::model::ids_tensor(&x, 1, 16).unwrap();
+        let ids = tern_train::transformer::ids_tensor(&x, 1, 16).unwrap();
         let want = vals(&tr.model.forward(&ids, tr.mode()).unwrap());
 
         let loaded = tern_model::load::open(&out, &Default::default()).unwrap();

@@ -21,7 +21,7 @@
 //! its weights. Every tensor is checked (presence, dtype, shape, finite values) before use, so
 //! a bad file is an error naming the file and tensor, never a panic.
 
-mod config;
+mod config_json;
 mod source;
 mod weights;
 
@@ -78,7 +78,7 @@ pub enum ScaleConvention {
 /// Reads `dir/config.json` (and token ids from `dir/generation_config.json` when present):
 /// the model's shape and how its projections are stored. The config is validated.
 pub fn load_config(dir: &Path) -> Result<(ModelConfig, HfQuant), ModelError> {
-    let parsed = config::parse(dir)?;
+    let parsed = config_json::parse(dir)?;
     Ok((parsed.config, parsed.quant))
 }
 

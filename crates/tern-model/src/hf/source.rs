@@ -1,9 +1,9 @@
-//! The Hugging Face directory reader: `config.json` ([`super::config`]), safetensors
+//! The Hugging Face directory reader: `config.json` ([`super::config_json`]), safetensors
 //! ([`super::Weights`]), `tokenizer.json` and `tokenizer_config.json`, as a [`Source`].
 //! Latent float projections are ternarized with absmean, packed ones decoded with their
 //! `weight_scale` ([`super::ternary_projection`]); dense ones keep their storage.
 
-use super::config::{self, Family};
+use super::config_json::{self, Family};
 use super::{HfQuant, Tensor, Weights};
 use crate::chat::ChatTemplate;
 use crate::error::ModelError;
@@ -26,7 +26,7 @@ pub struct HfSource {
 
 impl HfSource {
     pub fn open(dir: &Path) -> Result<HfSource, ModelError> {
-        let parsed = config::parse(dir)?;
+        let parsed = config_json::parse(dir)?;
         let weights = Weights::open(dir)?;
         Ok(HfSource {
             dir: dir.to_path_buf(),

@@ -5,7 +5,7 @@
 //! (offsets contiguous, sizes equal to shape x dtype, data ending exactly at the end of the
 //! file), and every tensor is checked for dtype, shape and finite values before use.
 
-use super::config::read_json;
+use super::config_json::read_json;
 use super::{WEIGHTS_FILE, WEIGHTS_INDEX_FILE};
 use crate::error::ModelError;
 use half::{bf16, f16};

@@ -4,9 +4,9 @@
 //! Parameters carry their Hugging Face names (`model.layers.3.self_attn.q_proj.weight`), so
 //! checkpoints and exports need no renaming and the engine loads the export directly.
 
-use crate::config::{Act, Config, Quant};
 use crate::ops;
 use crate::quant::{self, ActQuant, Int4GroupQuant, WeightQuant};
+use crate::recipe::{Act, Config, Quant};
 use candle_core::{DType, Device, Tensor, Var};
 use std::sync::Arc;
 use tern_kernels::rng::Rng;
