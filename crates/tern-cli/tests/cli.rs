@@ -505,7 +505,7 @@ fn errors_say_each_cause_once() {
     let (ok, _, err) = tern(&["run", "/nonexistent/model", "-p", "hi"]);
     assert!(!ok);
     assert_one_error_line(&err, "/nonexistent/model");
-    assert_eq!(err.matches("model not found").count(), 1, "{err}");
+    assert_eq!(err.matches("no such file or directory").count(), 1, "{err}");
     // An I/O error inside a library error (tern-train's, for a missing config file).
     let tmp = TempDir::new("nocfg");
     let (cfg, run) = (tmp.join("missing.toml"), tmp.join("run"));
