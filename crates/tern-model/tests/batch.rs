@@ -353,3 +353,67 @@ fn bad_steps_are_errors_and_change_nothing() {
         assert!(&all[(p - 1) * v..p * v] == want, "row {p} of All");
     }
 }
+
+#[test]
+fn session_generate_equals_a_batched_greedy_run() {
+    use tern_model::sample::SamplerConfig;
+    use tern_model::{GenParams, ModelPath, Options, Session};
+    let opts = Options {
+        threads: 2,
+        ctx: 48,
+        max_batch: 7,
+        ..Options::default()
+    };
+    let mut session = Session::open(&ModelPath::Bundled, &opts).unwrap();
+    let prompts: Vec<Vec<u32>> = ["Once upon a time", "The cat sat on the mat and", "Hi"]
+        .iter()
+        .map(|t| session.encode(t).unwrap())
+        .collect();
+    let params = GenParams {
+        max_new: 10,
+        sampling: SamplerConfig::greedy(),
+        ignore_eos: true,
+    };
+    let mut alone = Vec::new();
+    for p in &prompts {
+        session.state.reset();
+        let mut out = Vec::new();
+        session
+            .generate(p, &params, |t| {
+                out.push(t);
+                true
+            })
+            .unwrap();
+        alone.push(out);
+    }
+    // All three at once: prompts whole in the first step, then one decode row each.
+    let m = &session.loaded.model;
+    let mut scratch = session.new_batch_scratch(48, 64).unwrap();
+    let mut caches: Vec<KvCache> = prompts
+        .iter()
+        .map(|_| session.new_kv_cache(48).unwrap())
+        .collect();
+    let mut next: Vec<Vec<u32>> = prompts.clone();
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    for _ in 0..params.max_new {
+        let mut seqs: Vec<SeqInput> = caches
+            .iter_mut()
+            .zip(&next)
+            .map(|(cache, t)| SeqInput {
+                cache,
+                tokens: t,
+                logits: Logits::Last,
+            })
+            .collect();
+        let l = m
+            .forward_batch(&mut seqs, &mut scratch, &session.pool)
+            .unwrap();
+        for (i, o) in out.iter_mut().enumerate() {
+            o.push(argmax(l.get(i)));
+        }
+        for (n, o) in next.iter_mut().zip(&out) {
+            *n = vec![*o.last().unwrap()];
+        }
+    }
+    assert_eq!(out, alone);
+}

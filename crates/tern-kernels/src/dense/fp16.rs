@@ -72,6 +72,12 @@ pub fn gemv_f16_rows_with(
     isa: Isa,
 ) {
     check_isa(isa, "gemv_f16_rows_with");
+    if n == 1 {
+        // Decode of one sequence: the GEMV itself, its row split and all.
+        assert_eq!(y.len(), m, "gemv_f16_rows: y is not 1x{m}");
+        gemv(w, m, k, x, y, pool, isa);
+        return;
+    }
     super::gemv_rows(w, (m, k), x, n, y, pool, isa, rows_f16);
 }
 
