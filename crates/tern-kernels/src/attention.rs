@@ -187,6 +187,125 @@ pub fn attention_with(
     });
 }
 
+/// One sequence of an [`attention_batch`] call: `n` consecutive query rows at positions
+/// `pos .. pos + n` of its own cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeqSpan {
+    pub n: usize,
+    pub pos: usize,
+}
+
+/// The keys and values of sequence `i` of an [`attention_batch`] call (both
+/// `[kv_heads][capacity][head_dim]`, each sequence its own capacity).
+pub type SeqCache<'a> = dyn Fn(usize) -> (&'a [f32], &'a [f32]) + Sync + 'a;
+
+/// [`attention`] for the rows of several sequences in one pool job (a batched decode step):
+/// `q` and `out` hold the rows of `spans[0]`, then of `spans[1]`, ...; each row attends
+/// causally to its own sequence's cache, `cache(i)`. Every (row, head) pair is computed by the
+/// same code on the same operands as in [`attention`] of that sequence alone, so the bits are
+/// the same; one fork-join per layer instead of one per sequence. `scratch` holds one row of
+/// the longest `pos + n` per task.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_batch<'a>(
+    shape: Heads,
+    q: &[f32],
+    spans: &[SeqSpan],
+    cache: &SeqCache<'a>,
+    out: &mut [f32],
+    scratch: &mut [f32],
+    pool: &ThreadPool,
+) {
+    attention_batch_with(shape, q, spans, cache, out, scratch, pool, Isa::detect())
+}
+
+/// As [`attention_batch`] with a chosen instruction set (all give the same bits). Panics if
+/// this CPU does not support `isa`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_batch_with<'a>(
+    shape: Heads,
+    q: &[f32],
+    spans: &[SeqSpan],
+    cache: &SeqCache<'a>,
+    out: &mut [f32],
+    scratch: &mut [f32],
+    pool: &ThreadPool,
+    isa: Isa,
+) {
+    check_isa(isa, "attention_batch_with");
+    let Heads {
+        heads,
+        head_dim: hd,
+        ..
+    } = shape;
+    let qd = heads * hd;
+    let total: usize = spans.iter().map(|s| s.n).sum();
+    let (mut longest, mut work, mut at) = (0, 0, 0);
+    for (i, s) in spans.iter().enumerate() {
+        let (k, v) = cache(i);
+        // The per-sequence shape checks of `attention`.
+        let end = (at + s.n) * qd;
+        check_shapes(shape, &q[at * qd..end], k, v, s.pos, &out[at * qd..end]);
+        longest = longest.max(s.pos + s.n);
+        work += s.n * (s.pos + s.n) * qd;
+        at += s.n;
+    }
+    assert!(
+        q.len() == total * qd && out.len() == q.len(),
+        "attention_batch: {} queries, {} outputs, {total} rows of {qd}",
+        q.len(),
+        out.len()
+    );
+    if total == 0 {
+        return;
+    }
+    let group = heads / shape.kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let rows = scratch.len() / longest;
+    assert!(
+        rows > 0,
+        "attention_batch: scratch of {} floats, rows of {longest} needed",
+        scratch.len()
+    );
+    let tasks = if work < INLINE_WORK {
+        1
+    } else {
+        pool.threads().min(total * heads).min(rows)
+    };
+    // As in `attention`: pairs numbered head-major over all rows of the batch.
+    let parts = (
+        Chunks::new(&mut scratch[..tasks * longest], longest),
+        Cells::new(out, total, heads, hd),
+    );
+    pool.run_split(tasks, parts, &|_, ((_, sc), mut att)| {
+        // Cursor over the sequences: a task's pairs run through the rows in order, wrapping
+        // to row 0 at the next head.
+        let (mut i, mut first) = (0, 0);
+        for pair in att.units() {
+            let (h, r) = (pair / total, pair % total);
+            if r < first {
+                (i, first) = (0, 0);
+            }
+            while r >= first + spans[i].n {
+                first += spans[i].n;
+                i += 1;
+            }
+            let (keys, values) = cache(i);
+            let cap = keys.len() / (shape.kv_heads * hd);
+            let len = spans[i].pos + (r - first) + 1;
+            let kv = (h / group) * cap * hd;
+            attend_on(
+                isa,
+                &q[r * qd + h * hd..][..hd],
+                &keys[kv..kv + len * hd],
+                &values[kv..kv + len * hd],
+                scale,
+                &mut sc[..len],
+                att.cell(pair),
+            );
+        }
+    });
+}
+
 /// The reference for [`attention`]: every (token, head) pair through [`attend_reference`].
 pub fn attention_reference(
     shape: Heads,
@@ -386,6 +505,62 @@ mod tests {
     /// Values with a spread of magnitudes, so that scores span a wide softmax range.
     fn random(rng: &mut Rng, len: usize, amp: f32) -> Vec<f32> {
         (0..len).map(|_| rng.unit_f32() * amp).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The batched form has, row for row, the bits of `attention` of each sequence alone,
+        /// for sequences of different lengths, capacities and chunk sizes (empty ones too).
+        #[test]
+        fn attention_batch_equals_each_sequence_alone(
+            shape in prop::sample::select(vec![(4usize, 2usize, 8usize), (2, 1, 5), (3, 3, 16)]),
+            seqs in prop::collection::vec((0usize..4, 0usize..20, 0usize..6), 1..6),
+            threads in 1usize..4,
+            seed in any::<u64>(),
+        ) {
+            let shape = Heads { heads: shape.0, kv_heads: shape.1, head_dim: shape.2 };
+            let (qd, kvd) = (shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim);
+            let mut rng = Rng::new(seed);
+            // (n, pos, capacity, keys, values) per sequence.
+            let caches: Vec<_> = seqs
+                .iter()
+                .map(|&(n, pos, slack)| {
+                    let cap = (pos + n + slack).max(1);
+                    (n, pos, cap, random(&mut rng, cap * kvd, 2.0), random(&mut rng, cap * kvd, 1.0))
+                })
+                .collect();
+            let total: usize = caches.iter().map(|c| c.0).sum();
+            let q = random(&mut rng, total * qd, 2.0);
+            let spans: Vec<SeqSpan> = caches.iter().map(|c| SeqSpan { n: c.0, pos: c.1 }).collect();
+            let cache = |i: usize| (&caches[i].3[..], &caches[i].4[..]);
+            let pool = ThreadPool::new(threads);
+            let longest = caches.iter().map(|c| c.0 + c.1).max().unwrap_or(0).max(1);
+            for isa in Isa::available() {
+                let mut got = vec![f32::NAN; total * qd];
+                let mut sc = vec![0.0; threads * longest];
+                attention_batch_with(shape, &q, &spans, &cache, &mut got, &mut sc, &pool, isa);
+                let mut at = 0;
+                for c in &caches {
+                    let (n, pos) = (c.0, c.1);
+                    let mut want = vec![f32::NAN; n * qd];
+                    let mut sc = vec![0.0; pos + n + 1];
+                    attention_with(
+                        shape,
+                        &q[at * qd..(at + n) * qd],
+                        &c.3,
+                        &c.4,
+                        pos,
+                        &mut want,
+                        &mut sc,
+                        &ThreadPool::new(1),
+                        isa,
+                    );
+                    prop_assert!(same_bits(&got[at * qd..(at + n) * qd], &want), "{:?}", isa);
+                    at += n;
+                }
+            }
+        }
     }
 
     proptest! {

@@ -14,7 +14,7 @@ use crate::config::{Activation, ModelConfig};
 use crate::error::ModelError;
 use crate::model::{Embedding, Head, Linear, Model};
 use tern_kernels::actquant::{quantize_acts, QuantizedActs};
-use tern_kernels::attention::{attention, Heads};
+use tern_kernels::attention::{attention_batch, Heads, SeqSpan};
 use tern_kernels::dense;
 use tern_kernels::norm::rms_norm;
 use tern_kernels::rope::rope;
@@ -163,6 +163,8 @@ pub struct BatchScratch {
     logits: Vec<f32>,
     /// Where each sequence's logits start and end in `logits` (floats), per step.
     spans: Vec<std::ops::Range<usize>>,
+    /// Each sequence's rows and first position, per step, for attention.
+    attn_spans: Vec<SeqSpan>,
     profile: Profile,
 }
 
@@ -211,6 +213,7 @@ impl BatchScratch {
             scores: vec![0.0; threads.max(1) * capacity],
             logits: vec![0.0; c.vocab_size],
             spans: Vec::new(),
+            attn_spans: Vec::new(),
             profile: Profile::default(),
         })
     }
@@ -511,6 +514,12 @@ impl Model {
         }
         let (qd, kvd, inter) = (c.q_dim(), c.kv_dim(), c.intermediate_size);
         let (hd, half) = (c.head_dim, c.head_dim / 2);
+        // Positions before this step's tokens (the caches advance after the last layer).
+        s.attn_spans.clear();
+        s.attn_spans.extend(seqs.iter().map(|q| SeqSpan {
+            n: q.tokens.len(),
+            pos: q.cache.pos,
+        }));
         s.profile.start();
         for (li, layer) in self.layers.iter().enumerate() {
             // Attention.
@@ -558,30 +567,27 @@ impl Model {
                 }
             }
             s.profile.mark(Profile::ROPE);
-            let mut r = 0;
-            for seq in seqs.iter() {
-                let (cache, m) = (&*seq.cache, seq.tokens.len());
-                if m == 0 {
-                    continue;
-                }
-                let layer_kv = kv_offset(c, cache.capacity, li, 0, 0)
-                    ..kv_offset(c, cache.capacity, li + 1, 0, 0);
-                attention(
-                    Heads {
-                        heads: c.num_heads,
-                        kv_heads: c.num_kv_heads,
-                        head_dim: c.head_dim,
-                    },
-                    &s.q[r * qd..(r + m) * qd],
-                    &cache.k[layer_kv.clone()],
-                    &cache.v[layer_kv],
-                    cache.pos,
-                    &mut s.att[r * qd..(r + m) * qd],
-                    &mut s.scores,
-                    pool,
-                );
-                r += m;
-            }
+            // Every sequence's rows against its own cache, in one pool job.
+            let seqs_ref: &[SeqInput<'_>] = seqs;
+            let cache = |i: usize| {
+                let kc = &*seqs_ref[i].cache;
+                let layer =
+                    kv_offset(c, kc.capacity, li, 0, 0)..kv_offset(c, kc.capacity, li + 1, 0, 0);
+                (&kc.k[layer.clone()], &kc.v[layer])
+            };
+            attention_batch(
+                Heads {
+                    heads: c.num_heads,
+                    kv_heads: c.num_kv_heads,
+                    head_dim: c.head_dim,
+                },
+                &s.q[..n * qd],
+                &s.attn_spans,
+                &cache,
+                &mut s.att[..n * qd],
+                &mut s.scores,
+                pool,
+            );
             s.profile.mark(Profile::ATTN);
             let att_in: &[f32] = match &layer.attn_sub_norm {
                 Some(w) => {
