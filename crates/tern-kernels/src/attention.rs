@@ -10,6 +10,7 @@
 use crate::cpu::{check_isa, Isa};
 use crate::norm::{dot16_generic, dot16_reference};
 use crate::pool::{Cells, Chunks, ThreadPool};
+use half::f16;
 
 /// Positions ahead the attention prefetches keys.
 const KV_AHEAD: usize = 16;
@@ -197,7 +198,167 @@ pub struct SeqSpan {
 
 /// The keys and values of sequence `i` of an [`attention_batch`] call (both
 /// `[kv_heads][capacity][head_dim]`, each sequence its own capacity).
-pub type SeqCache<'a> = dyn Fn(usize) -> (&'a [f32], &'a [f32]) + Sync + 'a;
+pub type SeqCache<'a, T = f32> = dyn Fn(usize) -> (&'a [T], &'a [T]) + Sync + 'a;
+
+/// An element type of a KV cache: f32, or f16 (half the memory and the bytes attention reads;
+/// keys and values are rounded to f16 when written). Attention over an f16 cache has the bits
+/// of attention over the same values widened to f32.
+pub trait KvElem: Copy + Send + Sync + sealed::Sealed + 'static {
+    /// [`attend`] over keys and values of this type, on `isa` (supported, checked by the
+    /// caller), with shapes checked by the caller.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    fn attend_on(
+        isa: Isa,
+        q: &[f32],
+        keys: &[Self],
+        values: &[Self],
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    );
+    /// Largest head the type's attention takes.
+    #[doc(hidden)]
+    const MAX_HEAD_DIM: usize;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+}
+
+impl KvElem for f32 {
+    fn attend_on(
+        isa: Isa,
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        attend_on(isa, q, keys, values, scale, scores, out)
+    }
+    const MAX_HEAD_DIM: usize = usize::MAX;
+}
+
+impl KvElem for f16 {
+    fn attend_on(
+        isa: Isa,
+        q: &[f32],
+        keys: &[f16],
+        values: &[f16],
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: every caller checked that this CPU supports `isa` (`check_isa`).
+            Isa::Avx512 => unsafe { attend_f16_avx512(q, keys, values, scale, scores, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above, AVX2.
+            Isa::Avx2 => unsafe { attend_f16_avx2(q, keys, values, scale, scores, out) },
+            _ => attend_f16_generic(q, keys, values, scale, scores, out),
+        }
+    }
+    const MAX_HEAD_DIM: usize = F16_MAX_HEAD_DIM;
+}
+
+/// The f16 attention widens rows into stack buffers of this many floats (4 value rows).
+const F16_MAX_HEAD_DIM: usize = 256;
+
+/// [`attend_generic`] over f16 keys and values: each row widened to f32 (exactly) into a stack
+/// buffer, then the same operations in the same order, so the bits of [`attend_generic`] over
+/// the widened cache.
+#[inline(always)]
+fn attend_f16_generic(
+    q: &[f32],
+    keys: &[f16],
+    values: &[f16],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    use half::slice::HalfFloatSliceExt;
+    let hd = q.len();
+    assert!(hd <= F16_MAX_HEAD_DIM, "f16 attention: head of {hd}");
+    let len = scores.len();
+    let mut kb = [0.0f32; F16_MAX_HEAD_DIM];
+    let kb = &mut kb[..hd];
+    let mut max = f32::NEG_INFINITY;
+    for (j, sj) in scores.iter_mut().enumerate() {
+        if j + KV_AHEAD < len {
+            prefetch(&keys[(j + KV_AHEAD) * hd..][..hd]);
+        }
+        prefetch(&values[j * hd..][..hd]);
+        keys[j * hd..][..hd].convert_to_f32_slice(kb);
+        *sj = dot16_generic(q, kb) * scale;
+        max = max.max(*sj);
+    }
+    let mut sum = 0.0;
+    for sj in scores.iter_mut() {
+        *sj = (*sj - max).exp();
+        sum += *sj;
+    }
+    let inv = 1.0 / sum;
+    out.fill(0.0);
+    let mut vb = [0.0f32; 4 * F16_MAX_HEAD_DIM];
+    let values = &values[..len * hd];
+    let (sc4, vc4) = (scores.chunks_exact(4), values.chunks_exact(4 * hd));
+    let (sr, vr) = (sc4.remainder(), vc4.remainder());
+    for (w, v16) in sc4.zip(vc4) {
+        let v = &mut vb[..4 * hd];
+        v16.convert_to_f32_slice(v);
+        let (w0, w1, w2, w3) = (w[0] * inv, w[1] * inv, w[2] * inv, w[3] * inv);
+        let (v0, rest) = v.split_at(hd);
+        let (v1, rest) = rest.split_at(hd);
+        let (v2, v3) = rest.split_at(hd);
+        for i in 0..hd {
+            let mut o = out[i];
+            o += w0 * v0[i];
+            o += w1 * v1[i];
+            o += w2 * v2[i];
+            o += w3 * v3[i];
+            out[i] = o;
+        }
+    }
+    for (&w, v16) in sr.iter().zip(vr.chunks_exact(hd)) {
+        let v = &mut vb[..hd];
+        v16.convert_to_f32_slice(v);
+        let w = w * inv;
+        for (o, &x) in out.iter_mut().zip(&*v) {
+            *o += w * x;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn attend_f16_avx512(
+    q: &[f32],
+    keys: &[f16],
+    values: &[f16],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_f16_generic(q, keys, values, scale, scores, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn attend_f16_avx2(
+    q: &[f32],
+    keys: &[f16],
+    values: &[f16],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_f16_generic(q, keys, values, scale, scores, out)
+}
 
 /// [`attention`] for the rows of several sequences in one pool job (a batched decode step):
 /// `q` and `out` hold the rows of `spans[0]`, then of `spans[1]`, ...; each row attends
@@ -206,11 +367,11 @@ pub type SeqCache<'a> = dyn Fn(usize) -> (&'a [f32], &'a [f32]) + Sync + 'a;
 /// the same; one fork-join per layer instead of one per sequence. `scratch` holds one row of
 /// the longest `pos + n` per task.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_batch<'a>(
+pub fn attention_batch<'a, T: KvElem>(
     shape: Heads,
     q: &[f32],
     spans: &[SeqSpan],
-    cache: &SeqCache<'a>,
+    cache: &SeqCache<'a, T>,
     out: &mut [f32],
     scratch: &mut [f32],
     pool: &ThreadPool,
@@ -221,11 +382,11 @@ pub fn attention_batch<'a>(
 /// As [`attention_batch`] with a chosen instruction set (all give the same bits). Panics if
 /// this CPU does not support `isa`.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_batch_with<'a>(
+pub fn attention_batch_with<'a, T: KvElem>(
     shape: Heads,
     q: &[f32],
     spans: &[SeqSpan],
-    cache: &SeqCache<'a>,
+    cache: &SeqCache<'a, T>,
     out: &mut [f32],
     scratch: &mut [f32],
     pool: &ThreadPool,
@@ -237,6 +398,11 @@ pub fn attention_batch_with<'a>(
         head_dim: hd,
         ..
     } = shape;
+    assert!(
+        hd <= T::MAX_HEAD_DIM,
+        "attention_batch: heads of {hd} exceed this KV type's {}",
+        T::MAX_HEAD_DIM
+    );
     let qd = heads * hd;
     let total: usize = spans.iter().map(|s| s.n).sum();
     let (mut longest, mut work, mut at) = (0, 0, 0);
@@ -293,7 +459,7 @@ pub fn attention_batch_with<'a>(
             let cap = keys.len() / (shape.kv_heads * hd);
             let len = spans[i].pos + (r - first) + 1;
             let kv = (h / group) * cap * hd;
-            attend_on(
+            T::attend_on(
                 isa,
                 &q[r * qd + h * hd..][..hd],
                 &keys[kv..kv + len * hd],
@@ -339,11 +505,11 @@ pub fn attention_reference(
 }
 
 /// Checks the shapes; returns (queries, cache capacity, query heads per KV head).
-fn check_shapes(
+fn check_shapes<T>(
     s: Heads,
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: &[T],
+    values: &[T],
     pos: usize,
     out: &[f32],
 ) -> (usize, usize, usize) {
@@ -451,9 +617,9 @@ fn attend_generic(
 
 /// Asks for every cache line of `x` (a hint: no effect on results, never faults).
 #[inline(always)]
-fn prefetch(x: &[f32]) {
+fn prefetch<T>(x: &[T]) {
     #[cfg(target_arch = "x86_64")]
-    for line in x.chunks(16) {
+    for line in x.chunks((64 / std::mem::size_of::<T>()).max(1)) {
         // SAFETY: `_mm_prefetch` is SSE (baseline on x86-64) and only a hint; the pointer is
         // inside `x`.
         unsafe {
@@ -514,7 +680,7 @@ mod tests {
         /// for sequences of different lengths, capacities and chunk sizes (empty ones too).
         #[test]
         fn attention_batch_equals_each_sequence_alone(
-            shape in prop::sample::select(vec![(4usize, 2usize, 8usize), (2, 1, 5), (3, 3, 16)]),
+            shape in prop::sample::select(vec![(4usize, 2usize, 8usize), (2, 1, 5), (3, 3, 16), (2, 1, 256)]),
             seqs in prop::collection::vec((0usize..4, 0usize..20, 0usize..6), 1..6),
             threads in 1usize..4,
             seed in any::<u64>(),
@@ -559,8 +725,32 @@ mod tests {
                     prop_assert!(same_bits(&got[at * qd..(at + n) * qd], &want), "{:?}", isa);
                     at += n;
                 }
+                // f16 caches: the bits of the f32 path over the same values widened.
+                let half: Vec<(Vec<f16>, Vec<f16>)> = caches
+                    .iter()
+                    .map(|c| (to_f16(&c.3), to_f16(&c.4)))
+                    .collect();
+                let wide: Vec<(Vec<f32>, Vec<f32>)> = half
+                    .iter()
+                    .map(|(k, v)| (to_f32(k), to_f32(v)))
+                    .collect();
+                let cache16 = |i: usize| (&half[i].0[..], &half[i].1[..]);
+                let cache32 = |i: usize| (&wide[i].0[..], &wide[i].1[..]);
+                let mut got16 = vec![f32::NAN; total * qd];
+                let mut want16 = vec![f32::NAN; total * qd];
+                attention_batch_with(shape, &q, &spans, &cache16, &mut got16, &mut sc, &pool, isa);
+                attention_batch_with(shape, &q, &spans, &cache32, &mut want16, &mut sc, &pool, isa);
+                prop_assert!(same_bits(&got16, &want16), "f16 {:?}", isa);
             }
         }
+    }
+
+    fn to_f16(x: &[f32]) -> Vec<f16> {
+        x.iter().map(|&v| f16::from_f32(v)).collect()
+    }
+
+    fn to_f32(x: &[f16]) -> Vec<f32> {
+        x.iter().map(|v| v.to_f32()).collect()
     }
 
     proptest! {
