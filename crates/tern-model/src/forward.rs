@@ -13,6 +13,8 @@
 use crate::config::{Activation, ModelConfig};
 use crate::error::ModelError;
 use crate::model::{Embedding, Head, Linear, Model};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use tern_kernels::actquant::{quantize_acts, QuantizedActs};
 use tern_kernels::attention::{attention_batch, Heads, SeqSpan};
 use tern_kernels::dense;
@@ -87,13 +89,57 @@ pub struct KvCache {
     /// Shape check against the model it is run with: `[layers][kv heads][capacity][head_dim]`.
     layers: usize,
     kv_dim: usize,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    data: KvData,
+}
+
+/// The element type of a [`KvCache`] (llama.cpp's `-ctk/-ctv`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KvType {
+    /// Exact: keys and values as computed.
+    #[default]
+    F32,
+    /// Half the memory and the bytes attention reads; keys and values rounded to f16 when
+    /// written (so logits differ from an f32 cache by that rounding, the same for every batch).
+    F16,
+}
+
+impl KvType {
+    pub const ALL: [KvType; 2] = [KvType::F32, KvType::F16];
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+        }
+    }
+    pub fn from_name(s: &str) -> Option<KvType> {
+        KvType::ALL.into_iter().find(|t| t.name() == s)
+    }
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            KvType::F32 => 4,
+            KvType::F16 => 2,
+        }
+    }
+}
+
+/// Keys and values, `[layer][kv head][position][head_dim]` each.
+enum KvData {
+    F32 { k: Vec<f32>, v: Vec<f32> },
+    F16 { k: Vec<f16>, v: Vec<f16> },
 }
 
 impl KvCache {
     /// An empty cache for a sequence of up to `capacity` tokens (1 to the model's maximum).
     pub fn new(config: &ModelConfig, capacity: usize) -> Result<KvCache, ModelError> {
+        KvCache::with_type(config, capacity, KvType::F32)
+    }
+    /// As [`KvCache::new`] with elements of type `ty`.
+    pub fn with_type(
+        config: &ModelConfig,
+        capacity: usize,
+        ty: KvType,
+    ) -> Result<KvCache, ModelError> {
         check_capacity(config, capacity)?;
         let c = config;
         let len = c.num_layers * capacity * c.kv_dim();
@@ -102,9 +148,28 @@ impl KvCache {
             pos: 0,
             layers: c.num_layers,
             kv_dim: c.kv_dim(),
-            k: vec![0.0; len],
-            v: vec![0.0; len],
+            data: match ty {
+                KvType::F32 => KvData::F32 {
+                    k: vec![0.0; len],
+                    v: vec![0.0; len],
+                },
+                KvType::F16 => KvData::F16 {
+                    k: vec![f16::ZERO; len],
+                    v: vec![f16::ZERO; len],
+                },
+            },
         })
+    }
+    /// Bytes a cache of `capacity` tokens of type `ty` holds for this model (to size a pool of
+    /// caches by a memory budget).
+    pub fn bytes_for(config: &ModelConfig, capacity: usize, ty: KvType) -> usize {
+        2 * config.num_layers * capacity * config.kv_dim() * ty.size()
+    }
+    pub fn kv_type(&self) -> KvType {
+        match self.data {
+            KvData::F32 { .. } => KvType::F32,
+            KvData::F16 { .. } => KvType::F16,
+        }
     }
     /// Tokens in the cache.
     pub fn pos(&self) -> usize {
@@ -123,11 +188,11 @@ impl KvCache {
     }
     /// Bytes of K and V cache one position holds (what attention reads per cached token).
     pub fn bytes_per_position(&self) -> usize {
-        (self.k.len() + self.v.len()) * std::mem::size_of::<f32>() / self.capacity
+        self.bytes() / self.capacity
     }
     /// Bytes the cache holds.
     pub fn bytes(&self) -> usize {
-        (self.k.len() + self.v.len()) * std::mem::size_of::<f32>()
+        2 * self.layers * self.capacity * self.kv_dim * self.kv_type().size()
     }
 }
 
@@ -287,8 +352,19 @@ impl State {
         max_batch: usize,
         threads: usize,
     ) -> Result<State, ModelError> {
+        State::with_kv_type(config, capacity, max_batch, threads, KvType::F32)
+    }
+
+    /// As [`State::new`] with a KV cache of type `kv`.
+    pub fn with_kv_type(
+        config: &ModelConfig,
+        capacity: usize,
+        max_batch: usize,
+        threads: usize,
+        kv: KvType,
+    ) -> Result<State, ModelError> {
         Ok(State {
-            cache: KvCache::new(config, capacity)?,
+            cache: KvCache::with_type(config, capacity, kv)?,
             scratch: BatchScratch::new(config, capacity, max_batch, threads)?,
             all: Vec::new(),
         })
@@ -414,6 +490,16 @@ impl Model {
                 "a step of {rows} token rows; the scratch holds {}",
                 scratch.max_rows
             )));
+        }
+        if let Some(first) = seqs.first() {
+            let ty = first.cache.kv_type();
+            if let Some(q) = seqs.iter().find(|q| q.cache.kv_type() != ty) {
+                return Err(ModelError::Other(format!(
+                    "KV caches of types {} and {} in one step; a step takes one type",
+                    ty.name(),
+                    q.cache.kv_type().name()
+                )));
+            }
         }
         for q in seqs.iter() {
             if q.cache.capacity > scratch.capacity {
@@ -560,34 +646,56 @@ impl Model {
                     for h in 0..c.num_kv_heads {
                         let at = kv_offset(c, cache.capacity, li, h, p);
                         let from = r * kvd + h * hd;
-                        cache.k[at..at + hd].copy_from_slice(&s.k[from..from + hd]);
-                        cache.v[at..at + hd].copy_from_slice(&s.v[from..from + hd]);
+                        let (k, v) = (&s.k[from..from + hd], &s.v[from..from + hd]);
+                        match &mut cache.data {
+                            KvData::F32 { k: ck, v: cv } => {
+                                ck[at..at + hd].copy_from_slice(k);
+                                cv[at..at + hd].copy_from_slice(v);
+                            }
+                            KvData::F16 { k: ck, v: cv } => {
+                                ck[at..at + hd].convert_from_f32_slice(k);
+                                cv[at..at + hd].convert_from_f32_slice(v);
+                            }
+                        }
                     }
                     r += 1;
                 }
             }
             s.profile.mark(Profile::ROPE);
             // Every sequence's rows against its own cache, in one pool job.
-            let seqs_ref: &[SeqInput<'_>] = seqs;
-            let cache = |i: usize| {
-                let kc = &*seqs_ref[i].cache;
-                let layer =
-                    kv_offset(c, kc.capacity, li, 0, 0)..kv_offset(c, kc.capacity, li + 1, 0, 0);
-                (&kc.k[layer.clone()], &kc.v[layer])
+            let shape = Heads {
+                heads: c.num_heads,
+                kv_heads: c.num_kv_heads,
+                head_dim: c.head_dim,
             };
-            attention_batch(
-                Heads {
-                    heads: c.num_heads,
-                    kv_heads: c.num_kv_heads,
-                    head_dim: c.head_dim,
-                },
-                &s.q[..n * qd],
-                &s.attn_spans,
-                &cache,
-                &mut s.att[..n * qd],
-                &mut s.scores,
-                pool,
-            );
+            let seqs_ref: &[SeqInput<'_>] = seqs;
+            let span = |kc: &KvCache| {
+                kv_offset(c, kc.capacity, li, 0, 0)..kv_offset(c, kc.capacity, li + 1, 0, 0)
+            };
+            let (q, att) = (&s.q[..n * qd], &mut s.att[..n * qd]);
+            // One KV type per step (checked by the callers).
+            match seqs_ref.first().map(|q| q.cache.kv_type()) {
+                Some(KvType::F16) => {
+                    let cache = |i: usize| match &seqs_ref[i].cache.data {
+                        KvData::F16 { k, v } => {
+                            let l = span(seqs_ref[i].cache);
+                            (&k[l.clone()], &v[l])
+                        }
+                        KvData::F32 { .. } => unreachable!("one KV type per step"),
+                    };
+                    attention_batch(shape, q, &s.attn_spans, &cache, att, &mut s.scores, pool);
+                }
+                _ => {
+                    let cache = |i: usize| match &seqs_ref[i].cache.data {
+                        KvData::F32 { k, v } => {
+                            let l = span(seqs_ref[i].cache);
+                            (&k[l.clone()], &v[l])
+                        }
+                        KvData::F16 { .. } => unreachable!("one KV type per step"),
+                    };
+                    attention_batch(shape, q, &s.attn_spans, &cache, att, &mut s.scores, pool);
+                }
+            }
             s.profile.mark(Profile::ATTN);
             let att_in: &[f32] = match &layer.attn_sub_norm {
                 Some(w) => {

@@ -9,7 +9,8 @@ use tern_kernels::{Layout, ThreadPool};
 use tern_model::forward::Logits;
 use tern_model::model::{SyntheticHead, SyntheticWeights};
 use tern_model::{
-    Activation, BatchScratch, HeadKind, KvCache, LoadOptions, Model, ModelConfig, SeqInput, State,
+    Activation, BatchScratch, HeadKind, KvCache, KvType, LoadOptions, Model, ModelConfig, SeqInput,
+    State,
 };
 
 /// One request of the schedule: joins at step `join`, prefills `prompt` in chunks of at most
@@ -76,11 +77,17 @@ fn argmax(l: &[f32]) -> u32 {
 
 /// Runs the schedule through `forward_batch`; returns, per request, the tokens it ran (prompt
 /// then generated) and the logits it got after each step, keyed by the tokens in its cache.
-fn run_batched(m: &Model, reqs: &[Req], ctx: usize, pool: &ThreadPool) -> Vec<(Vec<u32>, Steps)> {
+fn run_batched(
+    m: &Model,
+    reqs: &[Req],
+    ctx: usize,
+    kv: KvType,
+    pool: &ThreadPool,
+) -> Vec<(Vec<u32>, Steps)> {
     let mut scratch = BatchScratch::new(&m.config, ctx, 32, pool.threads()).unwrap();
     let mut caches: Vec<KvCache> = reqs
         .iter()
-        .map(|_| KvCache::new(&m.config, ctx).unwrap())
+        .map(|_| KvCache::with_type(&m.config, ctx, kv).unwrap())
         .collect();
     let mut toks: Vec<Vec<u32>> = reqs.iter().map(|r| r.prompt.clone()).collect();
     let mut got: Vec<Steps> = reqs.iter().map(|_| Vec::new()).collect();
@@ -151,13 +158,14 @@ fn alone(
     tokens: &[u32],
     prompt: usize,
     ctx: usize,
+    kv: KvType,
     pool: &ThreadPool,
 ) -> HashMap<usize, Vec<f32>> {
     let mut out = HashMap::new();
     // Every prefix of the prompt, each in a fresh state (chunk 3: another chunking than the
     // batch's).
     for p in 1..=prompt {
-        let mut s = State::new(&m.config, ctx, 3, pool.threads()).unwrap();
+        let mut s = State::with_kv_type(&m.config, ctx, 3, pool.threads(), kv).unwrap();
         out.insert(
             p,
             m.forward(&tokens[..p], &mut s, Logits::Last, pool)
@@ -165,7 +173,7 @@ fn alone(
                 .to_vec(),
         );
     }
-    let mut s = State::new(&m.config, ctx, 16, pool.threads()).unwrap();
+    let mut s = State::with_kv_type(&m.config, ctx, 16, pool.threads(), kv).unwrap();
     let first = m
         .forward(&tokens[..prompt], &mut s, Logits::Last, pool)
         .unwrap()
@@ -188,18 +196,28 @@ fn alone(
 fn check_invariance(m: &Model, what: &str) {
     let ctx = 40.min(m.config.max_seq_len);
     let reqs = requests(m.config.vocab_size);
-    for threads in [1, 2] {
-        let pool = ThreadPool::new(threads);
-        let runs = run_batched(m, &reqs, ctx, &pool);
-        for (i, ((toks, got), r)) in runs.iter().zip(&reqs).enumerate() {
-            assert_eq!(toks.len(), r.prompt.len() + r.gen);
-            let want = alone(m, toks, r.prompt.len(), ctx, &ThreadPool::new(3 - threads));
-            for (pos, l) in got {
-                assert!(
-                    *l == want[pos],
-                    "{what}, {threads} threads: request {i} at position {pos}: batched logits \
-                     differ from the sequence run alone"
+    for kv in KvType::ALL {
+        for threads in [1, 2] {
+            let pool = ThreadPool::new(threads);
+            let runs = run_batched(m, &reqs, ctx, kv, &pool);
+            for (i, ((toks, got), r)) in runs.iter().zip(&reqs).enumerate() {
+                assert_eq!(toks.len(), r.prompt.len() + r.gen);
+                let want = alone(
+                    m,
+                    toks,
+                    r.prompt.len(),
+                    ctx,
+                    kv,
+                    &ThreadPool::new(3 - threads),
                 );
+                for (pos, l) in got {
+                    assert!(
+                        *l == want[pos],
+                        "{what}, KV {}, {threads} threads: request {i} at position {pos}: \
+                         batched logits differ from the sequence run alone",
+                        kv.name()
+                    );
+                }
             }
         }
     }
@@ -416,4 +434,54 @@ fn session_generate_equals_a_batched_greedy_run() {
         }
     }
     assert_eq!(out, alone);
+}
+
+#[test]
+fn f16_kv_cache_is_close_to_f32_and_steps_take_one_kv_type() {
+    let path = tern_model::bundled::path().unwrap();
+    let opts = LoadOptions {
+        threads: 1,
+        ..LoadOptions::default()
+    };
+    let m = tern_model::load::open(&path, &opts).unwrap().model;
+    let pool = ThreadPool::new(2);
+    let toks: Vec<u32> = (0..30u32).map(|i| (i * 31 + 7) % 200).collect();
+    let v = m.config.vocab_size;
+    let run = |kv: KvType| {
+        let mut s = State::with_kv_type(&m.config, 32, 8, 2, kv).unwrap();
+        m.forward(&toks, &mut s, Logits::All, &pool)
+            .unwrap()
+            .to_vec()
+    };
+    let (a, b) = (run(KvType::F32), run(KvType::F16));
+    assert!(a != b, "an f16 cache rounds keys and values");
+    let wide: Vec<f64> = a.iter().map(|&x| f64::from(x)).collect();
+    let e = tern_testutil::rel_l2(&b, &wide);
+    assert!(e < 1e-2, "f16 KV cache: relative L2 {e} against f32");
+    assert_eq!(b.len(), toks.len() * v);
+    // Half the bytes.
+    let c32 = KvCache::with_type(&m.config, 32, KvType::F32).unwrap();
+    let c16 = KvCache::with_type(&m.config, 32, KvType::F16).unwrap();
+    assert_eq!(c32.bytes(), 2 * c16.bytes());
+    assert_eq!(c16.bytes(), KvCache::bytes_for(&m.config, 32, KvType::F16));
+    // Mixed types in one step are an error.
+    let (mut c32, mut c16) = (c32, c16);
+    let mut scratch = BatchScratch::new(&m.config, 32, 4, 2).unwrap();
+    let r = m.forward_batch(
+        &mut [
+            SeqInput {
+                cache: &mut c32,
+                tokens: &[1],
+                logits: Logits::Last,
+            },
+            SeqInput {
+                cache: &mut c16,
+                tokens: &[1],
+                logits: Logits::Last,
+            },
+        ],
+        &mut scratch,
+        &pool,
+    );
+    assert!(r.is_err());
 }
