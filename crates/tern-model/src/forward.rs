@@ -16,7 +16,7 @@ use crate::model::{Embedding, Head, Linear, Model};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use tern_kernels::actquant::{quantize_acts, QuantizedActs};
-use tern_kernels::attention::{attention_batch, Heads, SeqSpan};
+use tern_kernels::attention::{attention_batch, Heads, KvElem, SeqSpan};
 use tern_kernels::dense;
 use tern_kernels::norm::rms_norm;
 use tern_kernels::rope::rope;
@@ -142,6 +142,13 @@ impl KvCache {
     ) -> Result<KvCache, ModelError> {
         check_capacity(config, capacity)?;
         let c = config;
+        if ty == KvType::F16 && c.head_dim > <f16 as KvElem>::MAX_HEAD_DIM {
+            return Err(ModelError::Other(format!(
+                "an f16 KV cache takes heads of up to {} floats; the model's are {}",
+                <f16 as KvElem>::MAX_HEAD_DIM,
+                c.head_dim
+            )));
+        }
         let len = c.num_layers * capacity * c.kv_dim();
         Ok(KvCache {
             capacity,
