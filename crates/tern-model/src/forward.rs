@@ -482,8 +482,37 @@ impl Model {
     /// GEMMs whose sums depend on the row count, so such models are not batch-invariant.
     ///
     /// Errors (before anything is run or any cache changes): too many rows for `scratch`, a
-    /// cache longer than `scratch` serves or of another model's shape, a sequence that would
-    /// overflow its cache, a token outside the vocabulary.
+    /// cache longer than `scratch` serves or of another model's shape, caches of different
+    /// [`KvType`]s, a sequence that would overflow its cache, a token outside the vocabulary.
+    ///
+    /// A scheduler's step, one sequence decoding while another prefills a chunk:
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), tern_model::ModelError> {
+    /// use tern_model::forward::Logits;
+    /// use tern_model::{ModelPath, Options, SeqInput, Session};
+    /// let session = Session::open(&ModelPath::Bundled, &Options::default())?;
+    /// let (model, pool) = (&session.loaded.model, &session.pool);
+    /// let mut scratch = session.new_batch_scratch(2048, 256)?; // rows per step
+    /// let (mut a, mut b) = (session.new_kv_cache(2048)?, session.new_kv_cache(2048)?);
+    /// model.forward_batch(
+    ///     &mut [SeqInput { cache: &mut a, tokens: &[1, 450, 4996], logits: Logits::Last }],
+    ///     &mut scratch,
+    ///     pool,
+    /// )?;
+    /// let out = model.forward_batch(
+    ///     &mut [
+    ///         SeqInput { cache: &mut a, tokens: &[17], logits: Logits::Last },
+    ///         SeqInput { cache: &mut b, tokens: &[1, 306, 626, 263], logits: Logits::Last },
+    ///     ],
+    ///     &mut scratch,
+    ///     pool,
+    /// )?;
+    /// let (next_a, last_b) = (out.get(0), out.get(1)); // [vocab] each
+    /// # let _ = (next_a, last_b);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn forward_batch<'s>(
         &self,
         seqs: &mut [SeqInput<'_>],
