@@ -10,6 +10,7 @@
 use crate::cpu::{check_isa, Isa};
 use crate::norm::{dot16_generic, dot16_reference};
 use crate::pool::{Cells, Chunks, ThreadPool};
+use half::f16;
 
 /// Positions ahead the attention prefetches keys.
 const KV_AHEAD: usize = 16;
@@ -187,6 +188,290 @@ pub fn attention_with(
     });
 }
 
+/// One sequence of an [`attention_batch`] call: `n` consecutive query rows at positions
+/// `pos .. pos + n` of its own cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeqSpan {
+    pub n: usize,
+    pub pos: usize,
+}
+
+/// The keys and values of sequence `i` of an [`attention_batch`] call (both
+/// `[kv_heads][capacity][head_dim]`, each sequence its own capacity).
+pub type SeqCache<'a, T = f32> = dyn Fn(usize) -> (&'a [T], &'a [T]) + Sync + 'a;
+
+/// An element type of a KV cache: f32, or f16 (half the memory and the bytes attention reads;
+/// keys and values are rounded to f16 when written). Attention over an f16 cache has the bits
+/// of attention over the same values widened to f32.
+pub trait KvElem: Copy + Send + Sync + sealed::Sealed + 'static {
+    /// [`attend`] over keys and values of this type, on `isa` (supported, checked by the
+    /// caller), with shapes checked by the caller.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    fn attend_on(
+        isa: Isa,
+        q: &[f32],
+        keys: &[Self],
+        values: &[Self],
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    );
+    /// Largest head the type's attention takes.
+    #[doc(hidden)]
+    const MAX_HEAD_DIM: usize;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+}
+
+impl KvElem for f32 {
+    fn attend_on(
+        isa: Isa,
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        attend_on(isa, q, keys, values, scale, scores, out)
+    }
+    const MAX_HEAD_DIM: usize = usize::MAX;
+}
+
+impl KvElem for f16 {
+    fn attend_on(
+        isa: Isa,
+        q: &[f32],
+        keys: &[f16],
+        values: &[f16],
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: every caller checked that this CPU supports `isa` (`check_isa`).
+            Isa::Avx512 => unsafe { attend_f16_avx512(q, keys, values, scale, scores, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above, AVX2.
+            Isa::Avx2 => unsafe { attend_f16_avx2(q, keys, values, scale, scores, out) },
+            _ => attend_f16_generic(q, keys, values, scale, scores, out),
+        }
+    }
+    const MAX_HEAD_DIM: usize = F16_MAX_HEAD_DIM;
+}
+
+/// The f16 attention widens rows into stack buffers of this many floats (4 value rows).
+const F16_MAX_HEAD_DIM: usize = 256;
+
+/// [`attend_generic`] over f16 keys and values: each row widened to f32 (exactly) into a stack
+/// buffer, then the same operations in the same order, so the bits of [`attend_generic`] over
+/// the widened cache.
+#[inline(always)]
+fn attend_f16_generic(
+    q: &[f32],
+    keys: &[f16],
+    values: &[f16],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    use half::slice::HalfFloatSliceExt;
+    let hd = q.len();
+    assert!(hd <= F16_MAX_HEAD_DIM, "f16 attention: head of {hd}");
+    let len = scores.len();
+    let mut kb = [0.0f32; F16_MAX_HEAD_DIM];
+    let kb = &mut kb[..hd];
+    let mut max = f32::NEG_INFINITY;
+    for (j, sj) in scores.iter_mut().enumerate() {
+        if j + KV_AHEAD < len {
+            prefetch(&keys[(j + KV_AHEAD) * hd..][..hd]);
+        }
+        prefetch(&values[j * hd..][..hd]);
+        keys[j * hd..][..hd].convert_to_f32_slice(kb);
+        *sj = dot16_generic(q, kb) * scale;
+        max = max.max(*sj);
+    }
+    let mut sum = 0.0;
+    for sj in scores.iter_mut() {
+        *sj = (*sj - max).exp();
+        sum += *sj;
+    }
+    let inv = 1.0 / sum;
+    out.fill(0.0);
+    let mut vb = [0.0f32; 4 * F16_MAX_HEAD_DIM];
+    let values = &values[..len * hd];
+    let (sc4, vc4) = (scores.chunks_exact(4), values.chunks_exact(4 * hd));
+    let (sr, vr) = (sc4.remainder(), vc4.remainder());
+    for (w, v16) in sc4.zip(vc4) {
+        let v = &mut vb[..4 * hd];
+        v16.convert_to_f32_slice(v);
+        let (w0, w1, w2, w3) = (w[0] * inv, w[1] * inv, w[2] * inv, w[3] * inv);
+        let (v0, rest) = v.split_at(hd);
+        let (v1, rest) = rest.split_at(hd);
+        let (v2, v3) = rest.split_at(hd);
+        for i in 0..hd {
+            let mut o = out[i];
+            o += w0 * v0[i];
+            o += w1 * v1[i];
+            o += w2 * v2[i];
+            o += w3 * v3[i];
+            out[i] = o;
+        }
+    }
+    for (&w, v16) in sr.iter().zip(vr.chunks_exact(hd)) {
+        let v = &mut vb[..hd];
+        v16.convert_to_f32_slice(v);
+        let w = w * inv;
+        for (o, &x) in out.iter_mut().zip(&*v) {
+            *o += w * x;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn attend_f16_avx512(
+    q: &[f32],
+    keys: &[f16],
+    values: &[f16],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_f16_generic(q, keys, values, scale, scores, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn attend_f16_avx2(
+    q: &[f32],
+    keys: &[f16],
+    values: &[f16],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_f16_generic(q, keys, values, scale, scores, out)
+}
+
+/// [`attention`] for the rows of several sequences in one pool job (a batched decode step):
+/// `q` and `out` hold the rows of `spans[0]`, then of `spans[1]`, ...; each row attends
+/// causally to its own sequence's cache, `cache(i)`. Every (row, head) pair is computed by the
+/// same code on the same operands as in [`attention`] of that sequence alone, so the bits are
+/// the same; one fork-join per layer instead of one per sequence. `scratch` holds one row of
+/// the longest `pos + n` per task.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_batch<'a, T: KvElem>(
+    shape: Heads,
+    q: &[f32],
+    spans: &[SeqSpan],
+    cache: &SeqCache<'a, T>,
+    out: &mut [f32],
+    scratch: &mut [f32],
+    pool: &ThreadPool,
+) {
+    attention_batch_with(shape, q, spans, cache, out, scratch, pool, Isa::detect())
+}
+
+/// As [`attention_batch`] with a chosen instruction set (all give the same bits). Panics if
+/// this CPU does not support `isa`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_batch_with<'a, T: KvElem>(
+    shape: Heads,
+    q: &[f32],
+    spans: &[SeqSpan],
+    cache: &SeqCache<'a, T>,
+    out: &mut [f32],
+    scratch: &mut [f32],
+    pool: &ThreadPool,
+    isa: Isa,
+) {
+    check_isa(isa, "attention_batch_with");
+    let Heads {
+        heads,
+        head_dim: hd,
+        ..
+    } = shape;
+    assert!(
+        hd <= T::MAX_HEAD_DIM,
+        "attention_batch: heads of {hd} exceed this KV type's {}",
+        T::MAX_HEAD_DIM
+    );
+    let qd = heads * hd;
+    let total: usize = spans.iter().map(|s| s.n).sum();
+    let (mut longest, mut work, mut at) = (0, 0, 0);
+    for (i, s) in spans.iter().enumerate() {
+        let (k, v) = cache(i);
+        // The per-sequence shape checks of `attention`.
+        let end = (at + s.n) * qd;
+        check_shapes(shape, &q[at * qd..end], k, v, s.pos, &out[at * qd..end]);
+        longest = longest.max(s.pos + s.n);
+        work += s.n * (s.pos + s.n) * qd;
+        at += s.n;
+    }
+    assert!(
+        q.len() == total * qd && out.len() == q.len(),
+        "attention_batch: {} queries, {} outputs, {total} rows of {qd}",
+        q.len(),
+        out.len()
+    );
+    if total == 0 {
+        return;
+    }
+    let group = heads / shape.kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let rows = scratch.len() / longest;
+    assert!(
+        rows > 0,
+        "attention_batch: scratch of {} floats, rows of {longest} needed",
+        scratch.len()
+    );
+    let tasks = if work < INLINE_WORK {
+        1
+    } else {
+        pool.threads().min(total * heads).min(rows)
+    };
+    // As in `attention`: pairs numbered head-major over all rows of the batch.
+    let parts = (
+        Chunks::new(&mut scratch[..tasks * longest], longest),
+        Cells::new(out, total, heads, hd),
+    );
+    pool.run_split(tasks, parts, &|_, ((_, sc), mut att)| {
+        // Cursor over the sequences: a task's pairs run through the rows in order, wrapping
+        // to row 0 at the next head.
+        let (mut i, mut first) = (0, 0);
+        for pair in att.units() {
+            let (h, r) = (pair / total, pair % total);
+            if r < first {
+                (i, first) = (0, 0);
+            }
+            while r >= first + spans[i].n {
+                first += spans[i].n;
+                i += 1;
+            }
+            let (keys, values) = cache(i);
+            let cap = keys.len() / (shape.kv_heads * hd);
+            let len = spans[i].pos + (r - first) + 1;
+            let kv = (h / group) * cap * hd;
+            T::attend_on(
+                isa,
+                &q[r * qd + h * hd..][..hd],
+                &keys[kv..kv + len * hd],
+                &values[kv..kv + len * hd],
+                scale,
+                &mut sc[..len],
+                att.cell(pair),
+            );
+        }
+    });
+}
+
 /// The reference for [`attention`]: every (token, head) pair through [`attend_reference`].
 pub fn attention_reference(
     shape: Heads,
@@ -220,11 +505,11 @@ pub fn attention_reference(
 }
 
 /// Checks the shapes; returns (queries, cache capacity, query heads per KV head).
-fn check_shapes(
+fn check_shapes<T>(
     s: Heads,
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: &[T],
+    values: &[T],
     pos: usize,
     out: &[f32],
 ) -> (usize, usize, usize) {
@@ -332,9 +617,9 @@ fn attend_generic(
 
 /// Asks for every cache line of `x` (a hint: no effect on results, never faults).
 #[inline(always)]
-fn prefetch(x: &[f32]) {
+fn prefetch<T>(x: &[T]) {
     #[cfg(target_arch = "x86_64")]
-    for line in x.chunks(16) {
+    for line in x.chunks((64 / std::mem::size_of::<T>()).max(1)) {
         // SAFETY: `_mm_prefetch` is SSE (baseline on x86-64) and only a hint; the pointer is
         // inside `x`.
         unsafe {
@@ -386,6 +671,86 @@ mod tests {
     /// Values with a spread of magnitudes, so that scores span a wide softmax range.
     fn random(rng: &mut Rng, len: usize, amp: f32) -> Vec<f32> {
         (0..len).map(|_| rng.unit_f32() * amp).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The batched form has, row for row, the bits of `attention` of each sequence alone,
+        /// for sequences of different lengths, capacities and chunk sizes (empty ones too).
+        #[test]
+        fn attention_batch_equals_each_sequence_alone(
+            shape in prop::sample::select(vec![(4usize, 2usize, 8usize), (2, 1, 5), (3, 3, 16), (2, 1, 256)]),
+            seqs in prop::collection::vec((0usize..4, 0usize..20, 0usize..6), 1..6),
+            threads in 1usize..4,
+            seed in any::<u64>(),
+        ) {
+            let shape = Heads { heads: shape.0, kv_heads: shape.1, head_dim: shape.2 };
+            let (qd, kvd) = (shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim);
+            let mut rng = Rng::new(seed);
+            // (n, pos, capacity, keys, values) per sequence.
+            let caches: Vec<_> = seqs
+                .iter()
+                .map(|&(n, pos, slack)| {
+                    let cap = (pos + n + slack).max(1);
+                    (n, pos, cap, random(&mut rng, cap * kvd, 2.0), random(&mut rng, cap * kvd, 1.0))
+                })
+                .collect();
+            let total: usize = caches.iter().map(|c| c.0).sum();
+            let q = random(&mut rng, total * qd, 2.0);
+            let spans: Vec<SeqSpan> = caches.iter().map(|c| SeqSpan { n: c.0, pos: c.1 }).collect();
+            let cache = |i: usize| (&caches[i].3[..], &caches[i].4[..]);
+            let pool = ThreadPool::new(threads);
+            let longest = caches.iter().map(|c| c.0 + c.1).max().unwrap_or(0).max(1);
+            for isa in Isa::available() {
+                let mut got = vec![f32::NAN; total * qd];
+                let mut sc = vec![0.0; threads * longest];
+                attention_batch_with(shape, &q, &spans, &cache, &mut got, &mut sc, &pool, isa);
+                let mut at = 0;
+                for c in &caches {
+                    let (n, pos) = (c.0, c.1);
+                    let mut want = vec![f32::NAN; n * qd];
+                    let mut sc = vec![0.0; pos + n + 1];
+                    attention_with(
+                        shape,
+                        &q[at * qd..(at + n) * qd],
+                        &c.3,
+                        &c.4,
+                        pos,
+                        &mut want,
+                        &mut sc,
+                        &ThreadPool::new(1),
+                        isa,
+                    );
+                    prop_assert!(same_bits(&got[at * qd..(at + n) * qd], &want), "{:?}", isa);
+                    at += n;
+                }
+                // f16 caches: the bits of the f32 path over the same values widened.
+                let half: Vec<(Vec<f16>, Vec<f16>)> = caches
+                    .iter()
+                    .map(|c| (to_f16(&c.3), to_f16(&c.4)))
+                    .collect();
+                let wide: Vec<(Vec<f32>, Vec<f32>)> = half
+                    .iter()
+                    .map(|(k, v)| (to_f32(k), to_f32(v)))
+                    .collect();
+                let cache16 = |i: usize| (&half[i].0[..], &half[i].1[..]);
+                let cache32 = |i: usize| (&wide[i].0[..], &wide[i].1[..]);
+                let mut got16 = vec![f32::NAN; total * qd];
+                let mut want16 = vec![f32::NAN; total * qd];
+                attention_batch_with(shape, &q, &spans, &cache16, &mut got16, &mut sc, &pool, isa);
+                attention_batch_with(shape, &q, &spans, &cache32, &mut want16, &mut sc, &pool, isa);
+                prop_assert!(same_bits(&got16, &want16), "f16 {:?}", isa);
+            }
+        }
+    }
+
+    fn to_f16(x: &[f32]) -> Vec<f16> {
+        x.iter().map(|&v| f16::from_f32(v)).collect()
+    }
+
+    fn to_f32(x: &[f16]) -> Vec<f32> {
+        x.iter().map(|v| v.to_f32()).collect()
     }
 
     proptest! {

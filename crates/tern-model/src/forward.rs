@@ -5,14 +5,18 @@
 //! y = h + down_proj(ffn_sub_norm(act(gate(z)) * up(z)))  z = post_attention_layernorm(h)
 //! ```
 //!
-//! All buffers live in [`State`], sized once for a context length and a batch size: a decode
-//! step allocates nothing.
+//! A sequence's KV cache is a [`KvCache`]; the buffers of a step are a [`BatchScratch`], sized
+//! once for a context length and a number of token rows: a decode step allocates nothing.
+//! [`Model::forward`] runs one sequence ([`State`] = cache + scratch); [`Model::forward_batch`]
+//! runs a step over several sequences, batch-invariantly (see there).
 
 use crate::config::{Activation, ModelConfig};
 use crate::error::ModelError;
-use crate::model::{Head, Linear, Model};
+use crate::model::{Embedding, Head, Linear, Model};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use tern_kernels::actquant::{quantize_acts, QuantizedActs};
-use tern_kernels::attention::{attention, Heads};
+use tern_kernels::attention::{attention_batch, Heads, KvElem, SeqSpan};
 use tern_kernels::dense;
 use tern_kernels::norm::rms_norm;
 use tern_kernels::rope::rope;
@@ -76,14 +80,145 @@ impl Profile {
     }
 }
 
-/// KV cache and scratch buffers for one sequence.
-pub struct State {
+/// One sequence's KV cache: the part of a sequence that lives from step to step. The
+/// per-step buffers are a [`BatchScratch`], shared by every sequence a step runs.
+pub struct KvCache {
     capacity: usize,
-    max_batch: usize,
     /// Tokens already in the cache.
     pos: usize,
-    k_cache: Vec<f32>,
-    v_cache: Vec<f32>,
+    /// Shape check against the model it is run with: `[layers][kv heads][capacity][head_dim]`.
+    layers: usize,
+    kv_dim: usize,
+    data: KvData,
+}
+
+/// The element type of a [`KvCache`] (llama.cpp's `-ctk/-ctv`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KvType {
+    /// Exact: keys and values as computed.
+    #[default]
+    F32,
+    /// Half the memory and the bytes attention reads; keys and values rounded to f16 when
+    /// written (so logits differ from an f32 cache by that rounding, the same for every batch).
+    F16,
+}
+
+impl KvType {
+    pub const ALL: [KvType; 2] = [KvType::F32, KvType::F16];
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+        }
+    }
+    pub fn from_name(s: &str) -> Option<KvType> {
+        KvType::ALL.into_iter().find(|t| t.name() == s)
+    }
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            KvType::F32 => 4,
+            KvType::F16 => 2,
+        }
+    }
+}
+
+/// Keys and values, `[layer][kv head][position][head_dim]` each.
+enum KvData {
+    F32 { k: Vec<f32>, v: Vec<f32> },
+    F16 { k: Vec<f16>, v: Vec<f16> },
+}
+
+impl KvCache {
+    /// An empty cache for a sequence of up to `capacity` tokens (1 to the model's maximum).
+    pub fn new(config: &ModelConfig, capacity: usize) -> Result<KvCache, ModelError> {
+        KvCache::with_type(config, capacity, KvType::F32)
+    }
+    /// As [`KvCache::new`] with elements of type `ty`.
+    pub fn with_type(
+        config: &ModelConfig,
+        capacity: usize,
+        ty: KvType,
+    ) -> Result<KvCache, ModelError> {
+        check_capacity(config, capacity)?;
+        let c = config;
+        if ty == KvType::F16 && c.head_dim > <f16 as KvElem>::MAX_HEAD_DIM {
+            return Err(ModelError::Other(format!(
+                "an f16 KV cache takes heads of up to {} floats; the model's are {}",
+                <f16 as KvElem>::MAX_HEAD_DIM,
+                c.head_dim
+            )));
+        }
+        let len = c.num_layers * capacity * c.kv_dim();
+        Ok(KvCache {
+            capacity,
+            pos: 0,
+            layers: c.num_layers,
+            kv_dim: c.kv_dim(),
+            data: match ty {
+                KvType::F32 => KvData::F32 {
+                    k: vec![0.0; len],
+                    v: vec![0.0; len],
+                },
+                KvType::F16 => KvData::F16 {
+                    k: vec![f16::ZERO; len],
+                    v: vec![f16::ZERO; len],
+                },
+            },
+        })
+    }
+    /// Bytes a cache of `capacity` tokens of type `ty` holds for this model (to size a pool of
+    /// caches by a memory budget).
+    pub fn bytes_for(config: &ModelConfig, capacity: usize, ty: KvType) -> usize {
+        2 * config.num_layers * capacity * config.kv_dim() * ty.size()
+    }
+    pub fn kv_type(&self) -> KvType {
+        match self.data {
+            KvData::F32 { .. } => KvType::F32,
+            KvData::F16 { .. } => KvType::F16,
+        }
+    }
+    /// Tokens in the cache.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    /// Forgets the sequence (the memory stays allocated, ready for the next one).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+    /// Drops cached tokens after `pos`.
+    pub fn truncate(&mut self, pos: usize) {
+        self.pos = self.pos.min(pos);
+    }
+    /// Bytes of K and V cache one position holds (what attention reads per cached token).
+    pub fn bytes_per_position(&self) -> usize {
+        self.bytes() / self.capacity
+    }
+    /// Bytes the cache holds.
+    pub fn bytes(&self) -> usize {
+        2 * self.layers * self.capacity * self.kv_dim * self.kv_type().size()
+    }
+}
+
+fn check_capacity(config: &ModelConfig, capacity: usize) -> Result<(), ModelError> {
+    if capacity == 0 || capacity > config.max_seq_len {
+        return Err(ModelError::Other(format!(
+            "context of {capacity} tokens requested; the model supports 1 to {}",
+            config.max_seq_len
+        )));
+    }
+    Ok(())
+}
+
+/// The buffers of one forward step, for up to `max_rows` token rows in all (over every
+/// sequence of the step) at positions below `capacity`. Sized once: a step allocates nothing,
+/// except that the logits buffer grows to the most logits rows a step has asked for.
+pub struct BatchScratch {
+    capacity: usize,
+    max_rows: usize,
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
     x: Vec<f32>,
@@ -98,27 +233,25 @@ pub struct State {
     xq: QuantizedActs,
     scores: Vec<f32>,
     logits: Vec<f32>,
+    /// Where each sequence's logits start and end in `logits` (floats), per step.
+    spans: Vec<std::ops::Range<usize>>,
+    /// Each sequence's rows and first position, per step, for attention.
+    attn_spans: Vec<SeqSpan>,
     profile: Profile,
 }
 
-impl State {
-    /// A state for sequences of up to `capacity` tokens, processed `max_batch` at a time
-    /// (larger prompts are split into chunks).
+impl BatchScratch {
+    /// Scratch for steps of up to `max_rows` token rows (clamped to 1..=`capacity`) over
+    /// sequences whose caches hold up to `capacity` tokens, with attention on `threads` threads.
     pub fn new(
         config: &ModelConfig,
         capacity: usize,
-        max_batch: usize,
+        max_rows: usize,
         threads: usize,
-    ) -> Result<State, ModelError> {
-        if capacity == 0 || capacity > config.max_seq_len {
-            return Err(ModelError::Other(format!(
-                "context of {capacity} tokens requested; the model supports 1 to {}",
-                config.max_seq_len
-            )));
-        }
+    ) -> Result<BatchScratch, ModelError> {
+        check_capacity(config, capacity)?;
         let c = config;
-        let b = max_batch.clamp(1, capacity);
-        let cache = c.num_layers * capacity * c.kv_dim();
+        let b = max_rows.clamp(1, capacity);
         let half = c.head_dim / 2;
         // HF's rotary table: inv_freq_i = 1 / theta^(2i / d), angle = position * inv_freq_i, f32.
         let inv_freq: Vec<f32> = (0..half)
@@ -134,12 +267,9 @@ impl State {
             }
         }
         let widest = c.hidden_size.max(c.intermediate_size).max(c.q_dim());
-        Ok(State {
+        Ok(BatchScratch {
             capacity,
-            max_batch: b,
-            pos: 0,
-            k_cache: vec![0.0; cache],
-            v_cache: vec![0.0; cache],
+            max_rows: b,
             rope_cos,
             rope_sin,
             x: vec![0.0; b * c.hidden_size],
@@ -154,24 +284,18 @@ impl State {
             xq: QuantizedActs::new(),
             scores: vec![0.0; threads.max(1) * capacity],
             logits: vec![0.0; c.vocab_size],
+            spans: Vec::new(),
+            attn_spans: Vec::new(),
             profile: Profile::default(),
         })
     }
-
-    /// Tokens in the cache.
-    pub fn pos(&self) -> usize {
-        self.pos
+    /// Most token rows (all sequences together) one step may run.
+    pub fn max_rows(&self) -> usize {
+        self.max_rows
     }
+    /// Largest cache capacity this scratch can serve (its RoPE table's length).
     pub fn capacity(&self) -> usize {
         self.capacity
-    }
-    /// Forgets the sequence (the buffers stay allocated).
-    pub fn reset(&mut self) {
-        self.pos = 0;
-    }
-    /// Bytes of K and V cache one position holds (what attention reads per cached token).
-    pub fn kv_bytes_per_position(&self) -> usize {
-        (self.k_cache.len() + self.v_cache.len()) * std::mem::size_of::<f32>() / self.capacity
     }
     /// Starts (and zeroes) or stops the per-phase profile.
     pub fn set_profiling(&mut self, on: bool) {
@@ -183,15 +307,115 @@ impl State {
     pub fn profile(&self) -> &Profile {
         &self.profile
     }
+}
+
+/// One sequence's part of a [`Model::forward_batch`] step: its cache, the tokens to append
+/// (one to decode, a chunk of prompt to prefill, none to sit the step out), and which logits
+/// it wants back.
+pub struct SeqInput<'a> {
+    pub cache: &'a mut KvCache,
+    pub tokens: &'a [u32],
+    pub logits: Logits,
+}
+
+/// The logits of a [`Model::forward_batch`] step, sequence by sequence.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLogits<'s> {
+    data: &'s [f32],
+    spans: &'s [std::ops::Range<usize>],
+}
+
+impl<'s> BatchLogits<'s> {
+    /// Sequence `i`'s logits (`i` as in the step's `seqs`): `[vocab]` for [`Logits::Last`],
+    /// `[tokens][vocab]` for [`Logits::All`], empty when it ran no tokens.
+    pub fn get(&self, i: usize) -> &'s [f32] {
+        &self.data[self.spans[i].clone()]
+    }
+    /// Sequences in the step.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+}
+
+/// A sequence's KV cache and the scratch buffers to run it alone: what [`Model::forward`]
+/// takes. A scheduler running several sequences keeps one [`KvCache`] per sequence and one
+/// [`BatchScratch`] instead ([`Model::forward_batch`]).
+pub struct State {
+    cache: KvCache,
+    scratch: BatchScratch,
+    /// [`Logits::All`] output (`[tokens][vocab]`).
+    all: Vec<f32>,
+}
+
+impl State {
+    /// A state for sequences of up to `capacity` tokens, processed `max_batch` at a time
+    /// (larger prompts are split into chunks).
+    pub fn new(
+        config: &ModelConfig,
+        capacity: usize,
+        max_batch: usize,
+        threads: usize,
+    ) -> Result<State, ModelError> {
+        State::with_kv_type(config, capacity, max_batch, threads, KvType::F32)
+    }
+
+    /// As [`State::new`] with a KV cache of type `kv`.
+    pub fn with_kv_type(
+        config: &ModelConfig,
+        capacity: usize,
+        max_batch: usize,
+        threads: usize,
+        kv: KvType,
+    ) -> Result<State, ModelError> {
+        Ok(State {
+            cache: KvCache::with_type(config, capacity, kv)?,
+            scratch: BatchScratch::new(config, capacity, max_batch, threads)?,
+            all: Vec::new(),
+        })
+    }
+
+    /// Tokens in the cache.
+    pub fn pos(&self) -> usize {
+        self.cache.pos
+    }
+    pub fn capacity(&self) -> usize {
+        self.cache.capacity
+    }
+    /// Forgets the sequence (the buffers stay allocated).
+    pub fn reset(&mut self) {
+        self.cache.reset();
+    }
+    /// Bytes of K and V cache one position holds (what attention reads per cached token).
+    pub fn kv_bytes_per_position(&self) -> usize {
+        self.cache.bytes_per_position()
+    }
+    /// Starts (and zeroes) or stops the per-phase profile.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.scratch.set_profiling(on);
+    }
+    pub fn profile(&self) -> &Profile {
+        &self.scratch.profile
+    }
     /// Drops cached tokens after `pos` (e.g. to re-run a prompt suffix).
     pub fn truncate(&mut self, pos: usize) {
-        self.pos = self.pos.min(pos);
+        self.cache.truncate(pos);
+    }
+    /// The sequence's cache.
+    pub fn cache(&self) -> &KvCache {
+        &self.cache
     }
 }
 
 impl Model {
     /// Runs `tokens` (appended after the cached ones) and returns the requested logits:
     /// `[vocab]` for [`Logits::Last`], `[tokens.len()][vocab]` for [`Logits::All`].
+    ///
+    /// [`Logits::Last`] gives the bits [`Model::forward_batch`] gives the same sequence in any
+    /// batch. [`Logits::All`] runs the LM head as one GEMM per chunk (fast for perplexity),
+    /// which sums in another order than the per-row GEMV: equal to f32 rounding, not bit for bit.
     pub fn forward<'s>(
         &self,
         tokens: &[u32],
@@ -200,11 +424,191 @@ impl Model {
         pool: &ThreadPool,
     ) -> Result<&'s [f32], ModelError> {
         let c = &self.config;
-        if state.pos + tokens.len() > state.capacity {
+        self.check_tokens(&state.cache, tokens)?;
+        if tokens.is_empty() {
+            return Ok(&[]);
+        }
+        let s = &mut state.scratch;
+        if which == Logits::All {
+            state.all.resize(tokens.len() * c.vocab_size, 0.0);
+        }
+        let mut done = 0;
+        for chunk in tokens.chunks(s.max_rows) {
+            let mut seq = [SeqInput {
+                cache: &mut state.cache,
+                tokens: chunk,
+                logits: which,
+            }];
+            self.hidden(&mut seq, s, pool);
+            s.profile.start();
+            let n = chunk.len();
+            match which {
+                Logits::All => self.head_gemm(
+                    &s.xn,
+                    n,
+                    &mut s.xq,
+                    &mut state.all[done * c.vocab_size..(done + n) * c.vocab_size],
+                    pool,
+                ),
+                Logits::Last if done + n == tokens.len() => {
+                    let last = &s.xn[(n - 1) * c.hidden_size..n * c.hidden_size];
+                    self.head_rows(last, 1, &mut s.xq, &mut s.logits[..c.vocab_size], pool);
+                }
+                Logits::Last => {}
+            }
+            s.profile.mark(Profile::HEAD);
+            done += n;
+        }
+        Ok(match which {
+            Logits::Last => &state.scratch.logits[..c.vocab_size],
+            Logits::All => &state.all[..tokens.len() * c.vocab_size],
+        })
+    }
+
+    /// One step over several sequences: every sequence's `tokens` are appended to its own
+    /// cache, all their rows (at most [`BatchScratch::max_rows`] together) going through each
+    /// projection as one GEMM, so the weights are read once per step, not once per sequence.
+    /// Each row gets RoPE at its own position and attends to its own sequence's cache (causal
+    /// within a chunk).
+    ///
+    /// **Batch invariance**: a sequence's logits are bit-identical to what it gets in any other
+    /// batch, and to [`Model::forward`] with [`Logits::Last`] at the same positions, whatever
+    /// the chunking of its prompt. Every per-row operation (norms, activation quantization,
+    /// RoPE, attention, residuals) depends on that row and its own cache only; the ternary
+    /// GEMMs accumulate in int32 and finish each output with the same float operations for any
+    /// number of rows; and the LM head runs as a multi-row GEMV ([`dense::gemv_f16_rows`]) that
+    /// gives each row the single-row GEMV's bits (the int8 head accumulates in integers).
+    /// Projections stored dense (f16/f32 FP baselines, not BitNet checkpoints) run as float
+    /// GEMMs whose sums depend on the row count, so such models are not batch-invariant.
+    ///
+    /// Errors (before anything is run or any cache changes): too many rows for `scratch`, a
+    /// cache longer than `scratch` serves or of another model's shape, caches of different
+    /// [`KvType`]s, a sequence that would overflow its cache, a token outside the vocabulary.
+    ///
+    /// A scheduler's step, one sequence decoding while another prefills a chunk:
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), tern_model::ModelError> {
+    /// use tern_model::forward::Logits;
+    /// use tern_model::{ModelPath, Options, SeqInput, Session};
+    /// let session = Session::open(&ModelPath::Bundled, &Options::default())?;
+    /// let (model, pool) = (&session.loaded.model, &session.pool);
+    /// let mut scratch = session.new_batch_scratch(2048, 256)?; // rows per step
+    /// let (mut a, mut b) = (session.new_kv_cache(2048)?, session.new_kv_cache(2048)?);
+    /// model.forward_batch(
+    ///     &mut [SeqInput { cache: &mut a, tokens: &[1, 450, 4996], logits: Logits::Last }],
+    ///     &mut scratch,
+    ///     pool,
+    /// )?;
+    /// let out = model.forward_batch(
+    ///     &mut [
+    ///         SeqInput { cache: &mut a, tokens: &[17], logits: Logits::Last },
+    ///         SeqInput { cache: &mut b, tokens: &[1, 306, 626, 263], logits: Logits::Last },
+    ///     ],
+    ///     &mut scratch,
+    ///     pool,
+    /// )?;
+    /// let (next_a, last_b) = (out.get(0), out.get(1)); // [vocab] each
+    /// # let _ = (next_a, last_b);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn forward_batch<'s>(
+        &self,
+        seqs: &mut [SeqInput<'_>],
+        scratch: &'s mut BatchScratch,
+        pool: &ThreadPool,
+    ) -> Result<BatchLogits<'s>, ModelError> {
+        let c = &self.config;
+        let rows: usize = seqs.iter().map(|q| q.tokens.len()).sum();
+        if rows > scratch.max_rows {
+            return Err(ModelError::Other(format!(
+                "a step of {rows} token rows; the scratch holds {}",
+                scratch.max_rows
+            )));
+        }
+        if let Some(first) = seqs.first() {
+            let ty = first.cache.kv_type();
+            if let Some(q) = seqs.iter().find(|q| q.cache.kv_type() != ty) {
+                return Err(ModelError::Other(format!(
+                    "KV caches of types {} and {} in one step; a step takes one type",
+                    ty.name(),
+                    q.cache.kv_type().name()
+                )));
+            }
+        }
+        for q in seqs.iter() {
+            if q.cache.capacity > scratch.capacity {
+                return Err(ModelError::Other(format!(
+                    "a cache of {} tokens; the scratch serves caches of up to {}",
+                    q.cache.capacity, scratch.capacity
+                )));
+            }
+            self.check_tokens(q.cache, q.tokens)?;
+        }
+        let s = scratch;
+        s.spans.clear();
+        if rows == 0 {
+            s.spans.extend(seqs.iter().map(|_| 0..0));
+            return Ok(BatchLogits {
+                data: &s.logits[..0],
+                spans: &s.spans,
+            });
+        }
+        self.hidden(seqs, s, pool);
+        s.profile.start();
+        // The rows that want logits, gathered into `x` (free after the final norm).
+        let d = c.hidden_size;
+        let (mut src, mut out) = (0, 0);
+        for q in seqs.iter() {
+            let n = q.tokens.len();
+            let want = match q.logits {
+                _ if n == 0 => 0..0,
+                Logits::Last => n - 1..n,
+                Logits::All => 0..n,
+            };
+            s.x[out * d..(out + want.len()) * d]
+                .copy_from_slice(&s.xn[(src + want.start) * d..(src + want.end) * d]);
+            s.spans
+                .push(out * c.vocab_size..(out + want.len()) * c.vocab_size);
+            out += want.len();
+            src += n;
+        }
+        if s.logits.len() < out * c.vocab_size {
+            s.logits.resize(out * c.vocab_size, 0.0);
+        }
+        self.head_rows(
+            &s.x[..out * d],
+            out,
+            &mut s.xq,
+            &mut s.logits[..out * c.vocab_size],
+            pool,
+        );
+        s.profile.mark(Profile::HEAD);
+        Ok(BatchLogits {
+            data: &s.logits,
+            spans: &s.spans,
+        })
+    }
+
+    /// What a step may not run for one sequence: tokens past its cache or outside the
+    /// vocabulary, or a cache of another shape.
+    fn check_tokens(&self, cache: &KvCache, tokens: &[u32]) -> Result<(), ModelError> {
+        let c = &self.config;
+        if cache.layers != c.num_layers || cache.kv_dim != c.kv_dim() {
+            return Err(ModelError::Other(format!(
+                "a KV cache of {} layers x {} floats per position, the model has {} x {}",
+                cache.layers,
+                cache.kv_dim,
+                c.num_layers,
+                c.kv_dim()
+            )));
+        }
+        if cache.pos + tokens.len() > cache.capacity {
             return Err(ModelError::ContextOverflow {
-                tokens: state.pos + tokens.len(),
+                tokens: cache.pos + tokens.len(),
                 generate: 0,
-                context: state.capacity,
+                context: cache.capacity,
             });
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
@@ -213,59 +617,31 @@ impl Model {
                 c.vocab_size
             )));
         }
-        if tokens.is_empty() {
-            return Ok(&state.logits[..0]);
-        }
-        if which == Logits::All {
-            state.logits.resize(tokens.len() * c.vocab_size, 0.0);
-        }
-        let mut done = 0;
-        for chunk in tokens.chunks(state.max_batch) {
-            self.forward_chunk(chunk, state, pool);
-            state.profile.start();
-            let n = chunk.len();
-            match which {
-                Logits::All => {
-                    let (xn, logits) = (&state.xn, &mut state.logits);
-                    self.head_forward(
-                        xn,
-                        n,
-                        &mut state.xq,
-                        &mut logits[done * c.vocab_size..(done + n) * c.vocab_size],
-                        pool,
-                    );
-                }
-                Logits::Last if done + n == tokens.len() => {
-                    let last = &state.xn[(n - 1) * c.hidden_size..n * c.hidden_size];
-                    self.head_forward(
-                        last,
-                        1,
-                        &mut state.xq,
-                        &mut state.logits[..c.vocab_size],
-                        pool,
-                    );
-                }
-                Logits::Last => {}
-            }
-            state.profile.mark(Profile::HEAD);
-            done += n;
-        }
-        Ok(match which {
-            Logits::Last => &state.logits[..c.vocab_size],
-            Logits::All => &state.logits[..tokens.len() * c.vocab_size],
-        })
+        Ok(())
     }
 
-    /// One chunk of at most `max_batch` tokens; leaves the final-normed hidden states of the
-    /// chunk in `state.xn` (`[n][hidden]`).
-    fn forward_chunk(&self, tokens: &[u32], s: &mut State, pool: &ThreadPool) {
+    /// The blocks over every row of `seqs` (checked by the caller: rows fit `s`, tokens fit
+    /// each cache): leaves the final-normed hidden states in `s.xn` (`[rows][hidden]`,
+    /// sequence after sequence) and advances each cache.
+    fn hidden(&self, seqs: &mut [SeqInput<'_>], s: &mut BatchScratch, pool: &ThreadPool) {
         let c = &self.config;
-        let (n, d) = (tokens.len(), c.hidden_size);
-        for (t, &tok) in tokens.iter().enumerate() {
-            self.embed
-                .row_into(tok as usize, &mut s.x[t * d..(t + 1) * d]);
+        let d = c.hidden_size;
+        let mut n = 0;
+        for q in seqs.iter() {
+            for &tok in q.tokens {
+                self.embed
+                    .row_into(tok as usize, &mut s.x[n * d..(n + 1) * d]);
+                n += 1;
+            }
         }
         let (qd, kvd, inter) = (c.q_dim(), c.kv_dim(), c.intermediate_size);
+        let (hd, half) = (c.head_dim, c.head_dim / 2);
+        // Positions before this step's tokens (the caches advance after the last layer).
+        s.attn_spans.clear();
+        s.attn_spans.extend(seqs.iter().map(|q| SeqSpan {
+            n: q.tokens.len(),
+            pos: q.cache.pos,
+        }));
         s.profile.start();
         for (li, layer) in self.layers.iter().enumerate() {
             // Attention.
@@ -293,38 +669,69 @@ impl Model {
                 pool,
             );
             s.profile.mark(Profile::QKV);
-            for t in 0..n {
-                let p = s.pos + t;
-                let half = c.head_dim / 2;
-                let cos = &s.rope_cos[p * half..(p + 1) * half];
-                let sin = &s.rope_sin[p * half..(p + 1) * half];
-                rope(&mut s.q[t * qd..(t + 1) * qd], cos, sin);
-                rope(&mut s.k[t * kvd..(t + 1) * kvd], cos, sin);
-                let hd = c.head_dim;
-                for h in 0..c.num_kv_heads {
-                    let at = kv_offset(c, s.capacity, li, h, p);
-                    let from = t * kvd + h * hd;
-                    s.k_cache[at..at + hd].copy_from_slice(&s.k[from..from + hd]);
-                    s.v_cache[at..at + hd].copy_from_slice(&s.v[from..from + hd]);
+            // Each sequence's rows at its own positions, into its own cache.
+            let mut r = 0;
+            for seq in seqs.iter_mut() {
+                let cache = &mut *seq.cache;
+                for t in 0..seq.tokens.len() {
+                    let p = cache.pos + t;
+                    let cos = &s.rope_cos[p * half..(p + 1) * half];
+                    let sin = &s.rope_sin[p * half..(p + 1) * half];
+                    rope(&mut s.q[r * qd..(r + 1) * qd], cos, sin);
+                    rope(&mut s.k[r * kvd..(r + 1) * kvd], cos, sin);
+                    for h in 0..c.num_kv_heads {
+                        let at = kv_offset(c, cache.capacity, li, h, p);
+                        let from = r * kvd + h * hd;
+                        let (k, v) = (&s.k[from..from + hd], &s.v[from..from + hd]);
+                        match &mut cache.data {
+                            KvData::F32 { k: ck, v: cv } => {
+                                ck[at..at + hd].copy_from_slice(k);
+                                cv[at..at + hd].copy_from_slice(v);
+                            }
+                            KvData::F16 { k: ck, v: cv } => {
+                                ck[at..at + hd].convert_from_f32_slice(k);
+                                cv[at..at + hd].convert_from_f32_slice(v);
+                            }
+                        }
+                    }
+                    r += 1;
                 }
             }
             s.profile.mark(Profile::ROPE);
-            let layer_kv =
-                kv_offset(c, s.capacity, li, 0, 0)..kv_offset(c, s.capacity, li + 1, 0, 0);
-            attention(
-                Heads {
-                    heads: c.num_heads,
-                    kv_heads: c.num_kv_heads,
-                    head_dim: c.head_dim,
-                },
-                &s.q[..n * qd],
-                &s.k_cache[layer_kv.clone()],
-                &s.v_cache[layer_kv],
-                s.pos,
-                &mut s.att[..n * qd],
-                &mut s.scores,
-                pool,
-            );
+            // Every sequence's rows against its own cache, in one pool job.
+            let shape = Heads {
+                heads: c.num_heads,
+                kv_heads: c.num_kv_heads,
+                head_dim: c.head_dim,
+            };
+            let seqs_ref: &[SeqInput<'_>] = seqs;
+            let span = |kc: &KvCache| {
+                kv_offset(c, kc.capacity, li, 0, 0)..kv_offset(c, kc.capacity, li + 1, 0, 0)
+            };
+            let (q, att) = (&s.q[..n * qd], &mut s.att[..n * qd]);
+            // One KV type per step (checked by the callers).
+            match seqs_ref.first().map(|q| q.cache.kv_type()) {
+                Some(KvType::F16) => {
+                    let cache = |i: usize| match &seqs_ref[i].cache.data {
+                        KvData::F16 { k, v } => {
+                            let l = span(seqs_ref[i].cache);
+                            (&k[l.clone()], &v[l])
+                        }
+                        KvData::F32 { .. } => unreachable!("one KV type per step"),
+                    };
+                    attention_batch(shape, q, &s.attn_spans, &cache, att, &mut s.scores, pool);
+                }
+                _ => {
+                    let cache = |i: usize| match &seqs_ref[i].cache.data {
+                        KvData::F32 { k, v } => {
+                            let l = span(seqs_ref[i].cache);
+                            (&k[l.clone()], &v[l])
+                        }
+                        KvData::F16 { .. } => unreachable!("one KV type per step"),
+                    };
+                    attention_batch(shape, q, &s.attn_spans, &cache, att, &mut s.scores, pool);
+                }
+            }
             s.profile.mark(Profile::ATTN);
             let att_in: &[f32] = match &layer.attn_sub_norm {
                 Some(w) => {
@@ -394,11 +801,14 @@ impl Model {
             &mut s.xn[..n * d],
         );
         s.profile.mark(Profile::NORMS);
-        s.pos += n;
+        for seq in seqs.iter_mut() {
+            seq.cache.pos += seq.tokens.len();
+        }
     }
 
-    /// Logits `[n][vocab]` of `n` final-normed hidden states.
-    fn head_forward(
+    /// Logits `[n][vocab]` of `n` final-normed hidden states as one GEMM (prefill's
+    /// [`Logits::All`]; summation order depends on `n`).
+    fn head_gemm(
         &self,
         xn: &[f32],
         n: usize,
@@ -414,8 +824,33 @@ impl Model {
                 .matmul(c.vocab_size, c.hidden_size, xn, n, out, pool),
             Head::F16(w) => dense::matmul_f16(w, c.vocab_size, c.hidden_size, xn, n, out, pool),
             Head::F32(w) => dense::matmul_f32(w, c.vocab_size, c.hidden_size, xn, n, out, pool),
-            Head::Int8(m) => {
-                quantize_acts(xn, n, c.hidden_size, xq, pool);
+            Head::Int8(_) => self.head_rows(xn, n, xq, out, pool),
+        }
+    }
+
+    /// Logits `[n][vocab]` of `n` final-normed hidden states, each row with the bits it gets
+    /// alone (`n == 1` is the decode GEMV itself): the head of batch-invariant steps.
+    fn head_rows(
+        &self,
+        xn: &[f32],
+        n: usize,
+        xq: &mut QuantizedActs,
+        out: &mut [f32],
+        pool: &ThreadPool,
+    ) {
+        let c = &self.config;
+        let (v, h) = (c.vocab_size, c.hidden_size);
+        let xn = &xn[..n * h];
+        match (&self.head, &self.embed) {
+            (Head::Tied, Embedding::F16(w)) | (Head::F16(w), _) => {
+                dense::gemv_f16_rows(w, v, h, xn, n, out, pool)
+            }
+            (Head::Tied, Embedding::F32(w)) | (Head::F32(w), _) => {
+                dense::gemv_f32_rows(w, v, h, xn, n, out, pool)
+            }
+            (Head::Int8(m), _) => {
+                // Per-row scales and integer dot products: exact for any n.
+                quantize_acts(xn, n, h, xq, pool);
                 dense::gemv_i8(m, xq, out, pool);
             }
         }

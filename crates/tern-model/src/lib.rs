@@ -23,6 +23,6 @@ pub mod tokenizer;
 
 pub use config::{Activation, ModelConfig};
 pub use error::ModelError;
-pub use forward::State;
+pub use forward::{BatchLogits, BatchScratch, KvCache, KvType, SeqInput, State};
 pub use model::{Embedding, Head, HeadKind, Layer, Linear, LoadOptions, Model};
 pub use session::{GenParams, GenStats, ModelPath, Options, Session};

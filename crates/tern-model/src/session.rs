@@ -8,7 +8,7 @@
 
 use crate::chat::ChatTemplate;
 use crate::error::ModelError;
-use crate::forward::{Logits, State};
+use crate::forward::{BatchScratch, KvCache, Logits, State};
 use crate::load::{self, Loaded};
 use crate::model::{HeadKind, LoadOptions};
 use crate::sample::{Sampler, SamplerConfig};
@@ -181,6 +181,26 @@ impl Session {
     /// A fresh state over the same weights, for another sequence of up to `ctx` tokens.
     pub fn new_state(&self, ctx: usize, max_batch: usize) -> Result<State, ModelError> {
         State::new(&self.loaded.model.config, ctx, max_batch, self.threads)
+    }
+
+    /// An empty KV cache for one more sequence of up to `ctx` tokens (0 = the model's
+    /// maximum), for [`crate::Model::forward_batch`].
+    pub fn new_kv_cache(&self, ctx: usize) -> Result<KvCache, ModelError> {
+        let c = &self.loaded.model.config;
+        KvCache::new(c, if ctx == 0 { c.max_seq_len } else { ctx })
+    }
+
+    /// Step buffers for [`crate::Model::forward_batch`]: up to `max_rows` token rows per step
+    /// over caches of up to `ctx` tokens (0 = the model's maximum), attention on this
+    /// session's threads.
+    pub fn new_batch_scratch(
+        &self,
+        ctx: usize,
+        max_rows: usize,
+    ) -> Result<BatchScratch, ModelError> {
+        let c = &self.loaded.model.config;
+        let ctx = if ctx == 0 { c.max_seq_len } else { ctx };
+        BatchScratch::new(c, ctx, max_rows, self.threads)
     }
 
     /// Tokens of `text` (with BOS when the tokenizer adds one), or an error saying why the

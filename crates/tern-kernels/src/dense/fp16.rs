@@ -41,6 +41,46 @@ fn gemv(w: &[f16], m: usize, k: usize, x: &[f32], y: &mut [f32], pool: &ThreadPo
     });
 }
 
+/// `y[t][o] = sum_j w[o*k + j] * x[t][j]` for `n` activation rows `x` (`[n][k]`) into `y`
+/// (`[n][m]`), each row with the bits [`gemv_f16`] gives it alone: the batched decode's LM head,
+/// where a sequence's logits must not depend on the rest of the batch. The weights are read
+/// from memory once for all rows (unlike `n` calls of [`gemv_f16`]); [`matmul_f16`] is faster
+/// for large `n` but sums in another order.
+pub fn gemv_f16_rows(
+    w: &[f16],
+    m: usize,
+    k: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    pool: &ThreadPool,
+) {
+    gemv_f16_rows_with(w, m, k, x, n, y, pool, Isa::detect());
+}
+
+/// As [`gemv_f16_rows`] with a chosen instruction set (each row has the bits of
+/// [`gemv_f16_with`] on the same set). Panics if this CPU does not support `isa`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_f16_rows_with(
+    w: &[f16],
+    m: usize,
+    k: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    pool: &ThreadPool,
+    isa: Isa,
+) {
+    check_isa(isa, "gemv_f16_rows_with");
+    if n == 1 {
+        // Decode of one sequence: the GEMV itself, its row split and all.
+        assert_eq!(y.len(), m, "gemv_f16_rows: y is not 1x{m}");
+        gemv(w, m, k, x, y, pool, isa);
+        return;
+    }
+    super::gemv_rows(w, (m, k), x, n, y, pool, isa, rows_f16);
+}
+
 /// `y[o] = dot(w row o, x)` for the `y.len()` rows in `w` (`w.len() == y.len() * k`).
 fn rows_f16(w: &[f16], k: usize, x: &[f32], y: &mut [f32], isa: Isa) {
     debug_assert!(w.len() == y.len() * k && x.len() == k);

@@ -35,6 +35,44 @@ fn gemv(w: &[f32], m: usize, k: usize, x: &[f32], y: &mut [f32], pool: &ThreadPo
     });
 }
 
+/// `y[t][o] = sum_j w[o*k + j] * x[t][j]` for `n` activation rows (`x` `[n][k]`, `y`
+/// `[n][m]`), each row with the bits [`gemv_f32`] gives it alone, the weights read once for all
+/// rows (see [`super::gemv_f16_rows`]).
+pub fn gemv_f32_rows(
+    w: &[f32],
+    m: usize,
+    k: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    pool: &ThreadPool,
+) {
+    gemv_f32_rows_with(w, m, k, x, n, y, pool, Isa::detect());
+}
+
+/// As [`gemv_f32_rows`] with a chosen instruction set (each row has the bits of
+/// [`gemv_f32_with`] on the same set). Panics if this CPU does not support `isa`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_f32_rows_with(
+    w: &[f32],
+    m: usize,
+    k: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    pool: &ThreadPool,
+    isa: Isa,
+) {
+    check_isa(isa, "gemv_f32_rows_with");
+    if n == 1 {
+        // Decode of one sequence: the GEMV itself, its row split and all.
+        assert_eq!(y.len(), m, "gemv_f32_rows: y is not 1x{m}");
+        gemv(w, m, k, x, y, pool, isa);
+        return;
+    }
+    super::gemv_rows(w, (m, k), x, n, y, pool, isa, rows_f32);
+}
+
 /// `y[o] = dot(w row o, x)` for the `y.len()` rows in `w` (`w.len() == y.len() * k`).
 fn rows_f32(w: &[f32], k: usize, x: &[f32], y: &mut [f32], isa: Isa) {
     debug_assert!(w.len() == y.len() * k && x.len() == k);
