@@ -23,7 +23,8 @@ pub struct Metrics {
     pub queue_depth: AtomicI64,
     /// Sequences an engine is running (each holds a KV-cache state).
     pub active_sequences: AtomicI64,
-    /// Requests whose client went away before the end (the engine dropped them).
+    /// Sequences the engine dropped because their receiver went away: the client left, or a
+    /// stop string ended the text (the server stops listening, the engine notices next token).
     pub cancelled: AtomicU64,
     ttft_buckets: [AtomicU64; TTFT_BUCKETS.len()],
     ttft_count: AtomicU64,
@@ -96,7 +97,7 @@ impl Metrics {
         one(
             "tern_cancelled_total",
             "counter",
-            "Requests dropped because the client went away.",
+            "Sequences dropped because nobody listened any more (client gone, or a stop string matched).",
             self.cancelled.load(Relaxed).to_string(),
         );
         o += "# HELP tern_time_to_first_token_seconds From request arrival to the first generated token.\n";

@@ -397,3 +397,18 @@ fn stream(
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn key_comparison() {
+        assert!(constant_time_eq(b"sekrit", b"sekrit"));
+        assert!(!constant_time_eq(b"sekriT", b"sekrit"));
+        assert!(!constant_time_eq(b"sekri", b"sekrit"));
+        assert!(!constant_time_eq(b"sekrit!", b"sekrit"));
+        assert!(!constant_time_eq(b"", b"sekrit"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}
