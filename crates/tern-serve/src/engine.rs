@@ -167,6 +167,8 @@ struct Seq {
     last: Option<u32>,
     /// How often each token was generated (frequency/presence penalties).
     counts: HashMap<u32, u32>,
+    /// When the last token was sampled (inter-token latency).
+    last_at: Option<Instant>,
 }
 
 impl Engine {
@@ -228,6 +230,7 @@ impl Engine {
                 generated: 0,
                 last: None,
                 counts: HashMap::new(),
+                last_at: None,
             });
         }
         true
@@ -311,9 +314,12 @@ impl Seq {
         }
         self.apply_penalties();
         let tok = self.sampler.sample(&mut self.logits, &[]);
-        if self.generated == 0 {
-            metrics.observe_ttft(self.job.arrived.elapsed());
+        let now = Instant::now();
+        match self.last_at {
+            None => metrics.ttft.observe(now - self.job.arrived),
+            Some(t) => metrics.itl.observe(now - t),
         }
+        self.last_at = Some(now);
         self.generated += 1;
         metrics.completion_tokens.fetch_add(1, Relaxed);
         *self.counts.entry(tok).or_default() += 1;

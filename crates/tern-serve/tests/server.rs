@@ -182,6 +182,7 @@ fn health_models_and_metrics() {
         "tern_queue_depth",
         "tern_active_sequences",
         "tern_time_to_first_token_seconds_bucket",
+        "tern_inter_token_latency_seconds_count",
     ] {
         assert!(text.contains(name), "{name} missing:\n{text}");
     }
@@ -532,4 +533,62 @@ fn a_client_that_leaves_mid_stream_frees_its_sequence() {
     drop(r);
     wait_idle(a);
     assert!(metric(a, "tern_cancelled_total") > before);
+}
+
+/// The concurrency check: 64 streaming clients at once (4 sequence slots, the rest
+/// queued): every one completes, each greedy text equals `Session::generate` of its prompt
+/// alone, and the server ends with no active sequence and an empty queue.
+#[test]
+fn sixty_four_concurrent_streams_equal_their_single_stream_output() {
+    static S: OnceLock<Server> = OnceLock::new();
+    let a = S
+        .get_or_init(|| {
+            tern_serve::start(&Config {
+                port: 0,
+                ctx: CTX,
+                max_queue: 128,
+                ..Config::default()
+            })
+            .expect("server starts")
+        })
+        .addr;
+    let starts = [
+        "The state of the Union",
+        "Tonight",
+        "We will",
+        "America",
+        "Our economy",
+        "The Congress",
+        "My fellow citizens",
+        "This year",
+    ];
+    let ends = [
+        " is", " must", " has", " will", " and", " can", " was", " should",
+    ];
+    let prompts: Vec<String> = starts
+        .iter()
+        .flat_map(|s| ends.iter().map(move |e| format!("{s}{e}")))
+        .collect();
+    assert_eq!(prompts.len(), 64);
+    let n = 16;
+    let handles: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let body = json!({"prompt": p, "max_tokens": n, "temperature": 0, "stream": true});
+            std::thread::spawn(move || post(a, "/v1/completions", &body))
+        })
+        .collect();
+    for (p, h) in prompts.iter().zip(handles) {
+        let r = h.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        let ev = events(&r.body);
+        assert_eq!(ev.last().map(String::as_str), Some("[DONE]"), "{p:?}");
+        let text: String = ev[..ev.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str::<Value>(e).unwrap())
+            .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(text, reference(&encode(p), n).0, "prompt {p:?}");
+    }
+    wait_idle(a);
 }
