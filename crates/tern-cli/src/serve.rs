@@ -40,6 +40,9 @@ pub struct Args {
 }
 
 pub fn run(a: &Args) -> Result<()> {
+    if a.api_key.as_deref() == Some("") {
+        anyhow::bail!("--api-key is empty: give a key, or leave the flag out to serve without one");
+    }
     if a.models.is_empty() {
         eprintln!(
             "tern: no model given: serving the bundled {} (docs/model-card.md)",

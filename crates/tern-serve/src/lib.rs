@@ -205,6 +205,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::fallback)
+        .method_not_allowed_fallback(routes::wrong_method)
         .layer(DefaultBodyLimit::max(app.body_limit))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),

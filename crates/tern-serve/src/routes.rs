@@ -59,6 +59,10 @@ pub async fn fallback(req: Request) -> Response {
     ApiError::not_found(req.uri().path()).into_response()
 }
 
+pub async fn wrong_method(req: Request) -> Response {
+    ApiError::wrong_method(req.method().as_str(), req.uri().path()).into_response()
+}
+
 /// Counts every answer by endpoint and status for `/metrics`.
 pub async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let endpoint = match req.uri().path() {

@@ -186,6 +186,12 @@ fn health_models_and_metrics() {
     ] {
         assert!(text.contains(name), "{name} missing:\n{text}");
     }
+    let wm = http(a, "GET", "/v1/chat/completions", &[], "");
+    assert_eq!(wm.status, 405);
+    assert!(wm.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("GET"));
     let nf = http(a, "GET", "/nope", &[], "");
     assert_eq!(nf.status, 404);
     assert!(nf.json()["error"]["message"]
