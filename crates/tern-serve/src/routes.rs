@@ -195,22 +195,11 @@ async fn generate(
     })?;
     let req = api::parse(&body, kind)?;
     let engine = app.engine(req.model.as_deref())?;
-    let (text, field) = match &req.input {
-        Input::Messages(m) => (
-            engine.template.render(m, true).map_err(|e| {
-                ApiError::invalid("messages", format!("the chat template failed: {e}"))
-            })?,
-            "messages",
-        ),
-        Input::Prompt(p) => (p.clone(), "prompt"),
-    };
-    let tok = engine
-        .loaded
-        .require_tokenizer()
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let prompt = tok
-        .encode(&text, true)
-        .map_err(|e| ApiError::invalid(field, e.to_string()))?;
+    // Templates and tokenizers take real time on long inputs: off the async workers.
+    let (e, input) = (engine.clone(), req.input.clone());
+    let (prompt, field) = tokio::task::spawn_blocking(move || tokenize(&e, &input))
+        .await
+        .map_err(|_| ApiError::internal("the tokenizer task failed"))??;
     if prompt.is_empty() {
         return Err(ApiError::invalid(field, format!("the {field} is empty")));
     }
@@ -272,6 +261,28 @@ async fn generate(
     } else {
         whole(&engine, &req, &meta, rx).await
     }
+}
+
+/// The prompt's tokens (with BOS, as `tern run` and `tern chat` encode) and the field they
+/// came from, for error messages.
+fn tokenize(engine: &EngineHandle, input: &Input) -> Result<(Vec<u32>, &'static str), ApiError> {
+    let (text, field) = match input {
+        Input::Messages(m) => (
+            engine.template.render(m, true).map_err(|e| {
+                ApiError::invalid("messages", format!("the chat template failed: {e}"))
+            })?,
+            "messages",
+        ),
+        Input::Prompt(p) => (p.clone(), "prompt"),
+    };
+    let tok = engine
+        .loaded
+        .require_tokenizer()
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let prompt = tok
+        .encode(&text, true)
+        .map_err(|e| ApiError::invalid(field, e.to_string()))?;
+    Ok((prompt, field))
 }
 
 /// Waits for the end and answers in one JSON body. Dropping this future (client gone) drops
