@@ -7,10 +7,11 @@
 //! then one token), round-robin. A sequence's forward calls are exactly those of
 //! [`Session::generate`], so its greedy output is the same as `tern run`'s.
 //!
-//! **Where the batched step plugs in:** [`Engine::round`] is the only place that calls the
-//! model. A batched engine replaces its loop of per-sequence `forward` calls with one step over
-//! all active states (one ternary GEMM per projection), then samples each sequence's logits as
-//! [`Seq::take`] does; admission, cancellation and the event protocol stay as they are.
+//! **Where the batched step plugs in:** `Engine::round` (through `Seq::step`) is the only place
+//! that calls the model. A batched engine replaces its loop of per-sequence `forward` calls with
+//! one step over all active states (one ternary GEMM per projection), then samples each
+//! sequence's logits as `Seq::step` does; admission, cancellation and the event protocol stay
+//! as they are.
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
