@@ -6,9 +6,11 @@
 #     interpreter in TERN_PYTHON, else python3 if it has them, else a virtualenv in the cache;
 #   - llama.cpp's reference vocabularies, for the tokenizer conformance test (tern-model's
 #     tests/gguf_tokenizer.rs): the ggml-vocab-* files of the llama-cpp-python 0.3.36 sdist
-#     (~75 MB, checked by sha256), unless TERN_VOCAB_DIR is set.
+#     (~75 MB, checked by sha256), unless TERN_VOCAB_DIR is set;
+#   - the official openai Python client 3.63.0, for tern-serve's client test: the interpreter in
+#     TERN_OPENAI_PYTHON, else a virtualenv in the cache.
 #
-# Both are cached under ${TERN_CACHE_DIR:-~/.cache/tern}, so only the first run downloads.
+# All are cached under ${TERN_CACHE_DIR:-~/.cache/tern}, so only the first run downloads.
 # The tests build in the release profile: after the README's first command
 # (`cargo run --release -p tern-cli -- run ...`) they reuse that build instead of compiling
 # the workspace a second time in the test profile.
@@ -70,6 +72,23 @@ if [ -z "${TERN_PYTHON:-}" ] && ! has_gguf_py "$py"; then
   fi
 fi
 export TERN_PYTHON="$py"
+
+# The official openai client, for tern-serve's client test (crates/tern-serve/tests/openai_client.rs):
+# TERN_OPENAI_PYTHON as given, else a virtualenv in the cache.
+if [ -z "${TERN_OPENAI_PYTHON:-}" ]; then
+  oai="$cache/openai-3.63.0"
+  if ! "$oai/bin/python" -c 'import openai' >/dev/null 2>&1; then
+    echo "test.sh: installing the openai client 3.63.0 into $oai"
+    rm -rf "$oai"
+    python3 -m venv "$oai" >/dev/null 2>&1 \
+      && "$oai/bin/python" -m pip install --quiet --disable-pip-version-check \
+           openai==3.63.0 >/dev/null 2>&1 \
+      || echo "test.sh: could not install the openai client; its test will skip"
+  fi
+  if "$oai/bin/python" -c 'import openai' >/dev/null 2>&1; then
+    export TERN_OPENAI_PYTHON="$oai/bin/python"
+  fi
+fi
 
 if [ -z "${TERN_VOCAB_DIR:-}" ]; then
   vocab="$cache/llama-cpp-python-0.3.36"

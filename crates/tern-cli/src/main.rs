@@ -6,6 +6,7 @@ mod convert;
 mod perplexity;
 mod plot;
 mod run;
+mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,8 @@ enum Command {
     Quantize(train::QuantizeArgs),
     /// Training and validation loss of several runs on one chart (PNG).
     Plot(plot::Args),
+    /// OpenAI-compatible HTTP server (chat, completions, streaming; docs/serving.md).
+    Serve(serve::Args),
     /// Convert a model: HF directory -> GGUF (tq2_0, tq1_0, i2_s, f16), GGUF -> GGUF, GGUF -> HF.
     Convert(convert::Args),
     /// Measurements, llama-bench style.
@@ -64,6 +67,7 @@ fn main() {
         Command::Perplexity(a) => perplexity::run(&a),
         Command::Quantize(a) => train::quantize(&a),
         Command::Convert(a) => convert::run(&a),
+        Command::Serve(a) => serve::run(&a),
         Command::Bench {
             what: BenchWhat::Kernels(args),
         } => bench_kernels::run(&args),

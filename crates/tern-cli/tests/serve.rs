@@ -1,0 +1,112 @@
+//! `tern serve` as a process: it prints the address it listens on (port 0 = a free one),
+//! answers, and on SIGTERM stops and exits 0.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[cfg(unix)]
+#[test]
+fn serve_prints_its_address_answers_and_exits_0_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["serve", "--port", "0", "--ctx", "256", "--grace", "5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("tern serve: listening on http://")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_string();
+
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET /v1/models HTTP/1.0\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.") && reply.contains(" 200 ") && reply.contains("tern-sotu-b158"),
+        "{reply}"
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let t = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "still running 20 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGTERM while a stream is in flight: the stream still finishes (`[DONE]`) within the grace
+/// period, and the process exits 0.
+#[cfg(unix)]
+#[test]
+fn sigterm_lets_an_inflight_stream_finish() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["serve", "--port", "0", "--grace", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("tern serve: listening on http://")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_string();
+    let body = r#"{"prompt":"We will","max_tokens":600,"ignore_eos":true,"stream":true}"#;
+    let mut s = TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut first = String::new();
+    while !first.starts_with("data: ") {
+        first.clear();
+        assert!(r.read_line(&mut first).unwrap() > 0);
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut rest = String::new();
+    r.read_to_string(&mut rest).unwrap();
+    assert!(
+        rest.trim_end().ends_with("data: [DONE]"),
+        "the stream was cut: ...{}",
+        &rest[rest.len().saturating_sub(300)..]
+    );
+    assert!(rest.contains("\"finish_reason\":\"length\""));
+    let t = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "still running after the stream ended"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
