@@ -1,17 +1,17 @@
-//! One engine thread per model: it owns the model's [`Session`] (thread pool and the first KV
-//! state) and serves jobs from a bounded queue.
+//! One engine thread per model: it owns the model's [`Session`] (weights and thread pool) and
+//! serves jobs from a bounded queue with continuous batching.
 //!
-//! Scheduling is deliberately simple and exact: up to `parallel` sequences are active, each
-//! with its own [`State`] (from a free list, so KV buffers are reused) and its own sampler, and
-//! every round advances each of them by one forward call (the whole prompt on its first turn,
-//! then one token), round-robin. A sequence's forward calls are exactly those of
-//! [`Session::generate`], so its greedy output is the same as `tern run`'s.
+//! Up to `parallel` sequences are active, each with its own [`KvCache`] (from a free list, so
+//! KV buffers are reused) and its own sampler. Every round is **one** batched forward step
+//! ([`tern_model::Model::forward_batch`]): the last token of every decoding sequence and the
+//! next chunk of every prefilling prompt go through each projection as one ternary GEMM, so
+//! the weights are read once per step, not once per sequence; a long prompt is prefilled in
+//! chunks of the step's row budget between the others' tokens. The step is batch-invariant
+//! (each row's logits are bit-identical to the sequence run alone), so a request's greedy
+//! output equals `tern run`'s whatever else is being served.
 //!
-//! **Where the batched step plugs in:** `Engine::round` (through `Seq::step`) is the only place
-//! that calls the model. A batched engine replaces its loop of per-sequence `forward` calls with
-//! one step over all active states (one ternary GEMM per projection), then samples each
-//! sequence's logits as `Seq::step` does; admission, cancellation and the event protocol stay
-//! as they are.
+//! A new request joins at the next round; a finished or cancelled one (its client gone) frees
+//! its cache before the next step.
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -24,7 +24,7 @@ use tern_model::chat::ChatTemplate;
 use tern_model::forward::Logits;
 use tern_model::load::Loaded;
 use tern_model::sample::{Sampler, SamplerConfig};
-use tern_model::{Session, State};
+use tern_model::{BatchScratch, KvCache, SeqInput, Session, State};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Why a generation ended, as OpenAI's `finish_reason` says it.
@@ -131,6 +131,7 @@ pub fn spawn(
         .name(format!("engine-{name}"))
         .spawn(move || {
             let mut e = Engine {
+                scratch: None,
                 free: Vec::new(),
                 active: Vec::new(),
                 parallel: parallel.max(1),
@@ -143,13 +144,17 @@ pub fn spawn(
     Ok(handle)
 }
 
-/// Prompt tokens per forward chunk (as [`tern_model::Options::default`]).
-const MAX_BATCH: usize = 512;
+/// Rows (prompt tokens of prefilling sequences plus one per decoding sequence) one batched
+/// step runs at most: a long prompt is prefilled in chunks between the others' decode steps
+/// (chunked prefill), so it does not stall them.
+const MAX_ROWS: usize = 256;
 
 struct Engine {
     session: Session,
-    /// Reset states ready for a new sequence.
-    free: Vec<State>,
+    /// Shared scratch of the batched step.
+    scratch: Option<BatchScratch>,
+    /// Reset KV caches ready for a new sequence.
+    free: Vec<KvCache>,
     active: Vec<Seq>,
     parallel: usize,
     ctx: usize,
@@ -159,12 +164,14 @@ struct Engine {
 /// One active sequence.
 struct Seq {
     job: Job,
-    state: State,
+    cache: KvCache,
     sampler: Sampler,
     logits: Vec<f32>,
+    /// Prompt tokens already in the cache.
+    prefilled: usize,
     /// Sampled tokens so far.
     generated: usize,
-    /// The last sampled token, to feed next (`None` before the prompt ran).
+    /// The last sampled token, to feed next (`None` while the prompt runs).
     last: Option<u32>,
     /// How often each token was generated (frequency/presence penalties).
     counts: HashMap<u32, u32>,
@@ -174,21 +181,15 @@ struct Seq {
 
 impl Engine {
     fn run(&mut self, rx: Receiver<Job>) {
-        // The session's own state is the first slot.
-        let placeholder = self.empty_state();
-        let first = std::mem::replace(&mut self.session.state, placeholder);
-        self.free.push(first);
+        // The session's own state is not used: sequences get KV caches of their own.
+        self.session.state =
+            State::new(&self.session.loaded.model.config, 1, 1, 1).expect("a one-token state");
         loop {
             if !self.admit(&rx) {
                 return;
             }
             self.round();
         }
-    }
-
-    /// A minimal placeholder state (never run).
-    fn empty_state(&self) -> State {
-        State::new(&self.session.loaded.model.config, 1, 1, 1).expect("a one-token state")
     }
 
     /// Takes queued jobs into free slots; blocks when nothing is active. `false` once the
@@ -212,22 +213,33 @@ impl Engine {
                 self.metrics.cancelled.fetch_add(1, Relaxed);
                 continue;
             }
-            let state = match self.free.pop() {
-                Some(s) => s,
-                None => match self.session.new_state(self.ctx, MAX_BATCH) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = job.events.send(Event::Error(format!("no KV state: {e}")));
-                        continue;
-                    }
-                },
+            if job.prompt.is_empty() {
+                let _ = job.events.send(Event::Error("empty prompt".into()));
+                continue;
+            }
+            let cache = match self.free.pop() {
+                Some(c) => Ok(c),
+                None => self.session.new_kv_cache(self.ctx),
             };
+            let scratch = match self.scratch.take() {
+                Some(s) => Ok(s),
+                None => self.session.new_batch_scratch(self.ctx, MAX_ROWS),
+            };
+            let (cache, scratch) = match (cache, scratch) {
+                (Ok(c), Ok(s)) => (c, s),
+                (Err(e), _) | (_, Err(e)) => {
+                    let _ = job.events.send(Event::Error(format!("no KV cache: {e}")));
+                    continue;
+                }
+            };
+            self.scratch = Some(scratch);
             self.metrics.active_sequences.fetch_add(1, Relaxed);
             self.active.push(Seq {
                 sampler: Sampler::new(job.sampling.clone()),
                 job,
-                state,
+                cache,
                 logits: Vec::new(),
+                prefilled: 0,
                 generated: 0,
                 last: None,
                 counts: HashMap::new(),
@@ -237,43 +249,119 @@ impl Engine {
         true
     }
 
-    /// One forward call and one sampled token for every active sequence; finished and
-    /// cancelled ones give their state back.
+    /// One batched forward step over every active sequence (each decoding sequence's last
+    /// token, and the next chunk of each prefilling sequence's prompt, as one set of
+    /// projections), then one sampled token for every sequence whose prompt is done.
+    /// Finished and cancelled sequences give their cache back.
     fn round(&mut self) {
         use std::sync::atomic::Ordering::Relaxed;
+        // Cancelled requests leave before the step: their slot is free at once.
         let mut i = 0;
         while i < self.active.len() {
-            let seq = &mut self.active[i];
-            let (loaded, pool) = (&self.session.loaded, &self.session.pool);
-            // A panic in one sequence (a bug) ends that request, not the server.
-            let outcome = catch_unwind(AssertUnwindSafe(|| seq.step(loaded, pool, &self.metrics)));
-            // (finished, whether its state can be reused)
-            let (done, reuse) = match outcome {
-                Ok(Step::Continue) => (false, true),
-                Ok(Step::Done) => (true, true),
-                Ok(Step::Cancelled) => {
-                    self.metrics.cancelled.fetch_add(1, Relaxed);
-                    (true, true)
-                }
-                Err(_) => {
-                    let _ = seq
-                        .job
-                        .events
-                        .send(Event::Error("internal error in the engine".into()));
-                    // The state may be half-written: drop it rather than reuse it.
-                    (true, false)
-                }
-            };
-            if done {
-                let mut seq = self.active.remove(i);
-                self.metrics.active_sequences.fetch_sub(1, Relaxed);
-                if reuse {
-                    seq.state.reset();
-                    self.free.push(seq.state);
-                }
+            if self.active[i].job.events.is_closed() {
+                self.metrics.cancelled.fetch_add(1, Relaxed);
+                self.finish(i, true);
             } else {
                 i += 1;
             }
+        }
+        if self.active.is_empty() {
+            return;
+        }
+        let Some(scratch) = self.scratch.as_mut() else {
+            return;
+        };
+        // Decoders first (one row each), then prompt chunks in arrival order.
+        let decoding = self.active.iter().filter(|s| s.last.is_some()).count();
+        let mut budget = MAX_ROWS.saturating_sub(decoding).max(1);
+        let mut inputs = Vec::with_capacity(self.active.len());
+        let mut samples = Vec::with_capacity(self.active.len());
+        for s in self.active.iter_mut() {
+            let Seq {
+                cache,
+                job,
+                last,
+                prefilled,
+                ..
+            } = s;
+            let decodes = last.is_some();
+            let tokens: &[u32] = match &*last {
+                Some(t) => std::slice::from_ref(t),
+                None => {
+                    let n = (job.prompt.len() - *prefilled).min(budget);
+                    budget -= n;
+                    &job.prompt[*prefilled..*prefilled + n]
+                }
+            };
+            // A sequence samples after this step when it decodes or its prompt completes.
+            samples.push(
+                !tokens.is_empty() && (decodes || *prefilled + tokens.len() == job.prompt.len()),
+            );
+            if !decodes {
+                *prefilled += tokens.len();
+            }
+            inputs.push(SeqInput {
+                cache,
+                tokens,
+                logits: Logits::Last,
+            });
+        }
+        let (model, pool) = (&self.session.loaded.model, &self.session.pool);
+        // A panic in the step (a bug) ends the requests in it, not the server.
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            model
+                .forward_batch(&mut inputs, scratch, pool)
+                .map(|l| (0..l.len()).map(|i| l.get(i).to_vec()).collect::<Vec<_>>())
+        }));
+        drop(inputs);
+        let logits = match result {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => return self.fail_all(&e.to_string(), true),
+            Err(_) => return self.fail_all("internal error in the engine", false),
+        };
+        let loaded = self.session.loaded.clone();
+        let mut i = 0;
+        let mut k = 0;
+        while i < self.active.len() {
+            let (sample, l) = (samples[k], &logits[k]);
+            k += 1;
+            if !sample {
+                i += 1;
+                continue;
+            }
+            let seq = &mut self.active[i];
+            seq.logits.clear();
+            seq.logits.extend_from_slice(l);
+            match seq.sample_and_send(&loaded, &self.metrics) {
+                Step::Continue => i += 1,
+                Step::Done => self.finish(i, true),
+                Step::Cancelled => {
+                    self.metrics.cancelled.fetch_add(1, Relaxed);
+                    self.finish(i, true);
+                }
+            }
+        }
+    }
+
+    /// Removes sequence `i`, returning its cache to the free list when it can be reused.
+    fn finish(&mut self, i: usize, reuse: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut seq = self.active.remove(i);
+        self.metrics.active_sequences.fetch_sub(1, Relaxed);
+        if reuse {
+            seq.cache.reset();
+            self.free.push(seq.cache);
+        }
+    }
+
+    /// Ends every active sequence with `message` (a step that failed as a whole).
+    fn fail_all(&mut self, message: &str, reuse: bool) {
+        while !self.active.is_empty() {
+            let _ = self.active[0]
+                .job
+                .events
+                .send(Event::Error(message.to_string()));
+            self.finish(0, reuse);
         }
     }
 }
@@ -285,34 +373,9 @@ enum Step {
 }
 
 impl Seq {
-    /// Runs the prompt (first call) or the last token, samples the next token and sends it.
-    fn step(
-        &mut self,
-        loaded: &Loaded,
-        pool: &tern_kernels::ThreadPool,
-        metrics: &Metrics,
-    ) -> Step {
+    /// Samples the next token from `self.logits` and sends it.
+    fn sample_and_send(&mut self, loaded: &Loaded, metrics: &Metrics) -> Step {
         use std::sync::atomic::Ordering::Relaxed;
-        if self.job.events.is_closed() {
-            return Step::Cancelled;
-        }
-        let input: &[u32] = match &self.last {
-            None => &self.job.prompt,
-            Some(t) => std::slice::from_ref(t),
-        };
-        match loaded
-            .model
-            .forward(input, &mut self.state, Logits::Last, pool)
-        {
-            Ok(l) => {
-                self.logits.clear();
-                self.logits.extend_from_slice(l);
-            }
-            Err(e) => {
-                let _ = self.job.events.send(Event::Error(e.to_string()));
-                return Step::Done;
-            }
-        }
         self.apply_penalties();
         let tok = self.sampler.sample(&mut self.logits, &[]);
         let now = Instant::now();
