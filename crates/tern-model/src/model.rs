@@ -272,6 +272,8 @@ impl Model {
         } else {
             Embedding::F16(embed_t.to_f16()?)
         };
+        // Kept only when an int8 head is quantized from the table (tied checkpoints).
+        let embed_t = (opts.head == HeadKind::Int8).then_some(embed_t);
         let norm = src.final_norm()?;
         let layers = load_layers(c.num_layers, opts.threads, |i| {
             let l = src.layer(i)?;
@@ -297,7 +299,11 @@ impl Model {
             (HeadKind::F16, None) => Head::Tied,
             (HeadKind::F16, Some(t)) if t.is_f32() => Head::F32(t.to_f32()?),
             (HeadKind::F16, Some(t)) => Head::F16(t.to_f16()?),
-            (HeadKind::Int8, t) => Head::Int8(int8_head(t.as_ref().unwrap_or(&embed_t))?),
+            (HeadKind::Int8, t) => Head::Int8(int8_head(
+                t.as_ref()
+                    .or(embed_t.as_ref())
+                    .expect("the table is kept for an int8 head"),
+            )?),
         };
         Ok(Model {
             config: c,

@@ -308,31 +308,31 @@ impl Engine {
         }
         let (model, pool) = (&self.session.loaded.model, &self.session.pool);
         // A panic in the step (a bug) ends the requests in it, not the server.
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            model
-                .forward_batch(&mut inputs, scratch, pool)
-                .map(|l| (0..l.len()).map(|i| l.get(i).to_vec()).collect::<Vec<_>>())
+        let result = catch_unwind(AssertUnwindSafe(move || {
+            // Moved in whole, so the logits may borrow the scratch past the closure.
+            let (mut inputs, scratch) = (inputs, scratch);
+            model.forward_batch(&mut inputs, scratch, pool)
         }));
-        drop(inputs);
         let logits = match result {
             Ok(Ok(l)) => l,
             Ok(Err(e)) => return self.fail_all(&e.to_string(), true),
             Err(_) => return self.fail_all("internal error in the engine", false),
         };
+        // Into each sampling sequence's own buffer (reused: no allocation per token).
+        for (k, seq) in self.active.iter_mut().enumerate() {
+            if samples[k] {
+                seq.logits.clear();
+                seq.logits.extend_from_slice(logits.get(k));
+            }
+        }
         let loaded = self.session.loaded.clone();
         let mut i = 0;
-        let mut k = 0;
-        while i < self.active.len() {
-            let (sample, l) = (samples[k], &logits[k]);
-            k += 1;
+        for sample in samples {
             if !sample {
                 i += 1;
                 continue;
             }
-            let seq = &mut self.active[i];
-            seq.logits.clear();
-            seq.logits.extend_from_slice(l);
-            match seq.sample_and_send(&loaded, &self.metrics) {
+            match self.active[i].sample_and_send(&loaded, &self.metrics) {
                 Step::Continue => i += 1,
                 Step::Done => self.finish(i, true),
                 Step::Cancelled => {
