@@ -1,7 +1,7 @@
 //! `tern bench model`: llama-bench style prompt processing (`ppN`) and generation (`tgN`)
 //! throughput of a whole model, ternary or dense, on a file or a synthetic shape.
 
-use crate::run::{HeadArg, LayoutArg, ModelArgs};
+use crate::run::{HeadArg, KvArg, LayoutArg, ModelArgs};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -10,7 +10,7 @@ use tern_kernels::ThreadPool;
 use tern_model::forward::Logits;
 use tern_model::model::{synthetic_bytes, SyntheticHead, SyntheticWeights};
 use tern_model::session::resolve_threads;
-use tern_model::{Model, State};
+use tern_model::{KvType, Model, State};
 
 /// `--dense`: the FP baseline of a synthetic shape.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +42,13 @@ pub struct Args {
     /// Generation lengths to time (tgN rows).
     #[arg(long, value_delimiter = ',', default_value = "128")]
     gen: Vec<usize>,
+    /// KV cache element type.
+    #[arg(long, value_enum, default_value_t = KvArg::F32)]
+    kv_type: KvArg,
+    /// Cached tokens before each tgN run (llama-bench's -d), filled with random keys and
+    /// values instead of a prefill (attention's time does not depend on them).
+    #[arg(long, default_value_t = 0)]
+    depth: usize,
     /// Repetitions per row (the median is reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -71,6 +78,7 @@ pub fn run(args: &Args) -> Result<()> {
                 ctx: 0,
                 layout: args.layout,
                 head: args.head,
+                kv_type: args.kv_type,
             };
             let (loaded, path) = m.load()?;
             (loaded.model, path.display().to_string())
@@ -85,11 +93,12 @@ pub fn run(args: &Args) -> Result<()> {
         .copied()
         .max()
         .unwrap_or(1);
-    let mut state = State::new(
+    let mut state = State::with_kv_type(
         &model.config,
-        longest.min(model.config.max_seq_len),
+        (longest + args.depth).min(model.config.max_seq_len),
         512,
         threads,
+        args.kv_type.into(),
     )?;
     let mut rng = Rng::new(7);
     let vocab = model.config.vocab_size as u64;
@@ -125,6 +134,9 @@ pub fn run(args: &Args) -> Result<()> {
         let secs = median_of(args.reps, || {
             bw.push(crate::bench_kernels::bandwidth_sample(&probe, &pool));
             state.reset();
+            if args.depth > 0 {
+                state.fill_random(args.depth, 11)?;
+            }
             let mut tok = rng.below(vocab) as u32;
             let t = Instant::now();
             for _ in 0..n {
@@ -133,7 +145,12 @@ pub fn run(args: &Args) -> Result<()> {
             }
             Ok(t.elapsed().as_secs_f64())
         })?;
-        rows.push((format!("tg{n}"), n as f64 / secs));
+        let test = if args.depth > 0 {
+            format!("tg{n}@d{}", args.depth)
+        } else {
+            format!("tg{n}")
+        };
+        rows.push((test, n as f64 / secs));
     }
     bw.sort_by(|a, b| a.total_cmp(b));
     let bandwidth = bw.get(bw.len() / 2).copied();
@@ -142,14 +159,15 @@ pub fn run(args: &Args) -> Result<()> {
         // the run) per second over the read bandwidth.
         let read = test
             .strip_prefix("tg")
-            .and_then(|n| n.parse().ok())
-            .map(|n| model.bytes_per_token() as f64 + kv_bytes_per_token(&state, n));
+            .and_then(|n| n.split('@').next()?.parse().ok())
+            .map(|n| model.bytes_per_token() as f64 + kv_bytes_per_token(&state, n, args.depth));
         let roofline = bandwidth.zip(read).map(|(b, read)| read * tps / 1e9 / b);
         if args.json {
             let mut o = serde_json::json!({
                 "test": test, "model": name, "weights": weights, "head": model.head_type(),
                 "threads": threads, "tokens_per_s": tps, "peak_rss_bytes": rss,
                 "bytes_per_token": model.bytes_per_token(),
+                "kv_type": KvType::from(args.kv_type).name(), "depth": args.depth,
             });
             if let (Some(r), Some(b)) = (roofline, bandwidth) {
                 o["read_bandwidth_gb_per_s"] = b.into();
@@ -171,24 +189,28 @@ pub fn run(args: &Args) -> Result<()> {
     }
     if let (true, Some(&n)) = (args.profile, args.gen.first()) {
         state.reset();
+        if args.depth > 0 {
+            state.fill_random(args.depth, 11)?;
+        }
         state.set_profiling(true);
         let mut tok = rng.below(vocab) as u32;
         for _ in 0..n {
             tok = argmax(model.forward(&[tok], &mut state, Logits::Last, &pool)?);
         }
-        print_profile(&model, &state, n, bandwidth);
+        print_profile(&model, &state, n, args.depth, bandwidth);
         state.set_profiling(false);
     }
     Ok(())
 }
 
 /// Bytes of K and V a decode step reads, averaged over steps at positions `0..n`.
-fn kv_bytes_per_token(state: &State, n: usize) -> f64 {
-    state.kv_bytes_per_position() as f64 * (n + 1) as f64 / 2.0
+/// KV bytes a token of a tgN run after `depth` cached tokens reads, on average.
+fn kv_bytes_per_token(state: &State, n: usize, depth: usize) -> f64 {
+    state.kv_bytes_per_position() as f64 * (depth as f64 + (n + 1) as f64 / 2.0)
 }
 
 /// One line per phase: ms per token, share, and for projections the read bandwidth reached.
-fn print_profile(model: &Model, state: &State, n: usize, bw: Option<f64>) {
+fn print_profile(model: &Model, state: &State, n: usize, depth: usize, bw: Option<f64>) {
     let p = state.profile();
     let sum = |f: &dyn Fn(&tern_model::Layer) -> usize| -> f64 {
         model.layers.iter().map(f).sum::<usize>() as f64
@@ -197,7 +219,7 @@ fn print_profile(model: &Model, state: &State, n: usize, bw: Option<f64>) {
         0.0,
         sum(&|l| l.q.byte_len() + l.k.byte_len() + l.v.byte_len()),
         0.0,
-        kv_bytes_per_token(state, n),
+        kv_bytes_per_token(state, n, depth),
         sum(&|l| l.o.byte_len()),
         sum(&|l| l.gate.byte_len() + l.up.byte_len()),
         sum(&|l| l.down.byte_len()),

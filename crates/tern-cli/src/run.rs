@@ -9,7 +9,7 @@ use tern_model::chat::Message;
 use tern_model::load::Loaded;
 use tern_model::sample::SamplerConfig;
 use tern_model::session::resolve_threads;
-use tern_model::{GenParams, HeadKind, LoadOptions, ModelPath, Options, Session};
+use tern_model::{GenParams, HeadKind, KvType, LoadOptions, ModelPath, Options, Session};
 
 /// `--layout`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +43,25 @@ impl From<HeadArg> for HeadKind {
     }
 }
 
+/// `--kv-type` (llama.cpp's `-ctk/-ctv` names).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvArg {
+    F32,
+    F16,
+    #[value(name = "q8_0", alias = "q8")]
+    Q8,
+}
+
+impl From<KvArg> for KvType {
+    fn from(k: KvArg) -> KvType {
+        match k {
+            KvArg::F32 => KvType::F32,
+            KvArg::F16 => KvType::F16,
+            KvArg::Q8 => KvType::Q8,
+        }
+    }
+}
+
 /// Options every command that loads a model shares.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -61,6 +80,9 @@ pub struct ModelArgs {
     /// LM head precision: f16 (the checkpoint's, tied or not) or int8 (per-row, 4x fewer bytes).
     #[arg(long, value_enum, default_value_t = HeadArg::F16)]
     pub head: HeadArg,
+    /// KV cache element type: f32 (exact), f16, or q8_0 (llama.cpp's, 34 bytes per 32 values).
+    #[arg(long, value_enum, default_value_t = KvArg::F32)]
+    pub kv_type: KvArg,
 }
 
 impl ModelArgs {
@@ -81,6 +103,7 @@ impl ModelArgs {
             ctx: self.ctx,
             layout: self.layout.into(),
             head: self.head.into(),
+            kv: self.kv_type.into(),
             ..Options::default()
         }
     }

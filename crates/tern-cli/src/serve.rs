@@ -1,5 +1,6 @@
 //! `tern serve`: the OpenAI-compatible server of `tern-serve` (docs/serving.md).
 
+use crate::run::KvArg;
 use anyhow::Result;
 use tern_serve::{Config, ModelSpec};
 
@@ -23,11 +24,18 @@ pub struct Args {
     /// Requests that may wait per model; more are answered 429 with Retry-After.
     #[arg(long, default_value_t = 64)]
     pub max_queue: usize,
-    /// Sequences each model generates at once, interleaved token by token (each holds a KV
-    /// cache of --ctx tokens).
-    #[arg(long, default_value_t = 4,
+    /// Most sequences each model generates at once, as one batched step per token (the KV
+    /// budget may admit fewer).
+    #[arg(long, short = 'p', default_value_t = 16,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub parallel: usize,
+    /// KV cache element type (llama.cpp's -ctk/-ctv names).
+    #[arg(long, value_enum, default_value_t = KvArg::F16)]
+    pub kv_type: KvArg,
+    /// KV cache memory of each model's active sequences, e.g. 2GiB or 512MiB; each sequence
+    /// reserves its prompt + max_tokens. Default: --parallel sequences of the full --ctx.
+    #[arg(long, value_parser = parse_bytes)]
+    pub kv_budget: Option<usize>,
     /// Require "Authorization: Bearer KEY" on /v1/* (/health and /metrics stay open).
     #[arg(long)]
     pub api_key: Option<String>,
@@ -57,8 +65,63 @@ pub fn run(a: &Args) -> Result<()> {
         ctx: a.ctx,
         max_queue: a.max_queue,
         parallel: a.parallel,
+        kv_type: a.kv_type.into(),
+        kv_budget: a.kv_budget.unwrap_or(0),
         api_key: a.api_key.clone(),
         body_limit: a.body_limit,
         shutdown_grace: std::time::Duration::from_secs(a.grace),
     })
+}
+
+/// A size in bytes: a number with an optional unit, `K`/`M`/`G`/`T` or `KiB`.. (powers of
+/// 1024, as llama.cpp and most users mean them for memory) or `KB`.. (powers of 1000).
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}': expected a size such as 2GiB, 512MiB or 1000000"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tib" => 1024.0f64.powi(4),
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        u => {
+            return Err(format!(
+                "'{s}': unknown unit '{u}' (use KiB, MiB, GiB, or KB, MB, GB)"
+            ))
+        }
+    };
+    let v = n * mult;
+    if !(v >= 1.0 && v < usize::MAX as f64) {
+        return Err(format!("'{s}': out of range"));
+    }
+    Ok(v as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("2G"), Ok(2 << 30));
+        assert_eq!(parse_bytes("1.5 MiB"), Ok(3 << 19));
+        assert_eq!(parse_bytes("3GB"), Ok(3_000_000_000));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("3 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+    }
 }

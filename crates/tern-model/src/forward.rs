@@ -16,7 +16,7 @@ use crate::model::{Embedding, Head, Linear, Model};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use tern_kernels::actquant::{quantize_acts, QuantizedActs};
-use tern_kernels::attention::{attention_batch, Heads, KvElem, SeqSpan};
+use tern_kernels::attention::{attention_batch, Heads, KvElem, Q8Block, SeqSpan};
 use tern_kernels::dense;
 use tern_kernels::norm::rms_norm;
 use tern_kernels::rope::rope;
@@ -89,6 +89,7 @@ pub struct KvCache {
     /// Shape check against the model it is run with: `[layers][kv heads][capacity][head_dim]`.
     layers: usize,
     kv_dim: usize,
+    head_dim: usize,
     data: KvData,
 }
 
@@ -101,32 +102,72 @@ pub enum KvType {
     /// Half the memory and the bytes attention reads; keys and values rounded to f16 when
     /// written (so logits differ from an f32 cache by that rounding, the same for every batch).
     F16,
+    /// llama.cpp's `q8_0`: blocks of 32 int8 values and an f16 scale, 34 bytes per 32 values
+    /// (27% of f32); heads must be a multiple of 32 values.
+    Q8,
 }
 
 impl KvType {
-    pub const ALL: [KvType; 2] = [KvType::F32, KvType::F16];
+    pub const ALL: [KvType; 3] = [KvType::F32, KvType::F16, KvType::Q8];
+    /// llama.cpp's name (`-ctk`).
     pub fn name(self) -> &'static str {
         match self {
             KvType::F32 => "f32",
             KvType::F16 => "f16",
+            KvType::Q8 => "q8_0",
         }
     }
+    /// A type by its name (`q8` is taken for `q8_0`).
     pub fn from_name(s: &str) -> Option<KvType> {
+        if s == "q8" {
+            return Some(KvType::Q8);
+        }
         KvType::ALL.into_iter().find(|t| t.name() == s)
     }
-    /// Bytes per element.
-    pub fn size(self) -> usize {
+    /// Bytes `n` values take (`n` a multiple of 32 for q8_0).
+    pub fn bytes(self, n: usize) -> usize {
         match self {
-            KvType::F32 => 4,
-            KvType::F16 => 2,
+            KvType::F32 => 4 * n,
+            KvType::F16 => 2 * n,
+            KvType::Q8 => n / Q8Block::LEN * std::mem::size_of::<Q8Block>(),
         }
     }
 }
 
 /// Keys and values, `[layer][kv head][position][head_dim]` each.
 enum KvData {
-    F32 { k: Vec<f32>, v: Vec<f32> },
-    F16 { k: Vec<f16>, v: Vec<f16> },
+    F32 {
+        k: Vec<f32>,
+        v: Vec<f32>,
+    },
+    F16 {
+        k: Vec<f16>,
+        v: Vec<f16>,
+    },
+    /// `head_dim / 32` blocks per head and position.
+    Q8 {
+        k: Vec<Q8Block>,
+        v: Vec<Q8Block>,
+    },
+}
+
+impl KvData {
+    /// Stores one head's row `x` (keys, or values when `value`) at value offset `at` (a
+    /// multiple of 32 for q8_0), rounded to the element type.
+    #[inline]
+    fn write(&mut self, value: bool, at: usize, x: &[f32]) {
+        let n = x.len();
+        match self {
+            KvData::F32 { k, v } => (if value { v } else { k })[at..at + n].copy_from_slice(x),
+            KvData::F16 { k, v } => {
+                (if value { v } else { k })[at..at + n].convert_from_f32_slice(x)
+            }
+            KvData::Q8 { k, v } => {
+                let (at, n) = (at / Q8Block::LEN, n / Q8Block::LEN);
+                Q8Block::quantize_row(x, &mut (if value { v } else { k })[at..at + n]);
+            }
+        }
+    }
 }
 
 impl KvCache {
@@ -142,10 +183,16 @@ impl KvCache {
     ) -> Result<KvCache, ModelError> {
         check_capacity(config, capacity)?;
         let c = config;
-        if ty == KvType::F16 && c.head_dim > <f16 as KvElem>::MAX_HEAD_DIM {
+        let (max, per) = match ty {
+            KvType::F32 => (usize::MAX, 1),
+            KvType::F16 => (<f16 as KvElem>::MAX_HEAD_DIM, 1),
+            KvType::Q8 => (<Q8Block as KvElem>::MAX_HEAD_DIM, Q8Block::LEN),
+        };
+        if c.head_dim > max || !c.head_dim.is_multiple_of(per) {
             return Err(ModelError::Other(format!(
-                "an f16 KV cache takes heads of up to {} floats; the model's are {}",
-                <f16 as KvElem>::MAX_HEAD_DIM,
+                "a {} KV cache takes heads of up to {max} values, a multiple of {per}; the \
+                 model's are {}",
+                ty.name(),
                 c.head_dim
             )));
         }
@@ -155,6 +202,7 @@ impl KvCache {
             pos: 0,
             layers: c.num_layers,
             kv_dim: c.kv_dim(),
+            head_dim: c.head_dim,
             data: match ty {
                 KvType::F32 => KvData::F32 {
                     k: vec![0.0; len],
@@ -164,18 +212,23 @@ impl KvCache {
                     k: vec![f16::ZERO; len],
                     v: vec![f16::ZERO; len],
                 },
+                KvType::Q8 => KvData::Q8 {
+                    k: vec![Q8Block::default(); len / Q8Block::LEN],
+                    v: vec![Q8Block::default(); len / Q8Block::LEN],
+                },
             },
         })
     }
     /// Bytes a cache of `capacity` tokens of type `ty` holds for this model (to size a pool of
     /// caches by a memory budget).
     pub fn bytes_for(config: &ModelConfig, capacity: usize, ty: KvType) -> usize {
-        2 * config.num_layers * capacity * config.kv_dim() * ty.size()
+        2 * ty.bytes(config.num_layers * capacity * config.kv_dim())
     }
     pub fn kv_type(&self) -> KvType {
         match self.data {
             KvData::F32 { .. } => KvType::F32,
             KvData::F16 { .. } => KvType::F16,
+            KvData::Q8 { .. } => KvType::Q8,
         }
     }
     /// Tokens in the cache.
@@ -193,13 +246,46 @@ impl KvCache {
     pub fn truncate(&mut self, pos: usize) {
         self.pos = self.pos.min(pos);
     }
+    /// Fills positions `0..len` with random keys and values in [-1, 1) (rounded to the cache's
+    /// type) and sets the cache to hold `len` tokens: for benchmarks of decode at a depth
+    /// (attention's work does not depend on the values) without running a long prefill.
+    pub fn fill_random(&mut self, len: usize, seed: u64) -> Result<(), ModelError> {
+        if len > self.capacity {
+            return Err(ModelError::Other(format!(
+                "{len} random positions do not fit a cache of {}",
+                self.capacity
+            )));
+        }
+        let mut rng = tern_kernels::rng::Rng::new(seed);
+        let row = self.kv_dim;
+        let mut x = vec![0.0f32; row];
+        for l in 0..self.layers {
+            for p in 0..len {
+                for half in 0..2 {
+                    for v in x.iter_mut() {
+                        *v = rng.unit_f32();
+                    }
+                    // `[layer][kv head][capacity][head_dim]`: one head's row at a time.
+                    let hd = self.head_dim;
+                    for (h, xs) in x.chunks_exact(hd).enumerate() {
+                        let at = ((l * (row / hd) + h) * self.capacity + p) * hd;
+                        self.data.write(half == 1, at, xs);
+                    }
+                }
+            }
+        }
+        self.pos = len;
+        Ok(())
+    }
     /// Bytes of K and V cache one position holds (what attention reads per cached token).
     pub fn bytes_per_position(&self) -> usize {
         self.bytes() / self.capacity
     }
     /// Bytes the cache holds.
     pub fn bytes(&self) -> usize {
-        2 * self.layers * self.capacity * self.kv_dim * self.kv_type().size()
+        2 * self
+            .kv_type()
+            .bytes(self.layers * self.capacity * self.kv_dim)
     }
 }
 
@@ -406,6 +492,10 @@ impl State {
     /// The sequence's cache.
     pub fn cache(&self) -> &KvCache {
         &self.cache
+    }
+    /// [`KvCache::fill_random`] of the sequence's cache.
+    pub fn fill_random(&mut self, len: usize, seed: u64) -> Result<(), ModelError> {
+        self.cache.fill_random(len, seed)
     }
 }
 
@@ -682,17 +772,8 @@ impl Model {
                     for h in 0..c.num_kv_heads {
                         let at = kv_offset(c, cache.capacity, li, h, p);
                         let from = r * kvd + h * hd;
-                        let (k, v) = (&s.k[from..from + hd], &s.v[from..from + hd]);
-                        match &mut cache.data {
-                            KvData::F32 { k: ck, v: cv } => {
-                                ck[at..at + hd].copy_from_slice(k);
-                                cv[at..at + hd].copy_from_slice(v);
-                            }
-                            KvData::F16 { k: ck, v: cv } => {
-                                ck[at..at + hd].convert_from_f32_slice(k);
-                                cv[at..at + hd].convert_from_f32_slice(v);
-                            }
-                        }
+                        cache.data.write(false, at, &s.k[from..from + hd]);
+                        cache.data.write(true, at, &s.v[from..from + hd]);
                     }
                     r += 1;
                 }
@@ -710,27 +791,24 @@ impl Model {
             };
             let (q, att) = (&s.q[..n * qd], &mut s.att[..n * qd]);
             // One KV type per step (checked by the callers).
+            macro_rules! attend_as {
+                // `per`: values per element of the variant's vectors.
+                ($variant:ident, $per:expr) => {{
+                    let cache = |i: usize| match &seqs_ref[i].cache.data {
+                        KvData::$variant { k, v } => {
+                            let l = span(seqs_ref[i].cache);
+                            let l = l.start / $per..l.end / $per;
+                            (&k[l.clone()], &v[l])
+                        }
+                        _ => unreachable!("one KV type per step"),
+                    };
+                    attention_batch(shape, q, &s.attn_spans, &cache, att, &mut s.scores, pool);
+                }};
+            }
             match seqs_ref.first().map(|q| q.cache.kv_type()) {
-                Some(KvType::F16) => {
-                    let cache = |i: usize| match &seqs_ref[i].cache.data {
-                        KvData::F16 { k, v } => {
-                            let l = span(seqs_ref[i].cache);
-                            (&k[l.clone()], &v[l])
-                        }
-                        KvData::F32 { .. } => unreachable!("one KV type per step"),
-                    };
-                    attention_batch(shape, q, &s.attn_spans, &cache, att, &mut s.scores, pool);
-                }
-                _ => {
-                    let cache = |i: usize| match &seqs_ref[i].cache.data {
-                        KvData::F32 { k, v } => {
-                            let l = span(seqs_ref[i].cache);
-                            (&k[l.clone()], &v[l])
-                        }
-                        KvData::F16 { .. } => unreachable!("one KV type per step"),
-                    };
-                    attention_batch(shape, q, &s.attn_spans, &cache, att, &mut s.scores, pool);
-                }
+                Some(KvType::F16) => attend_as!(F16, 1),
+                Some(KvType::Q8) => attend_as!(Q8, Q8Block::LEN),
+                _ => attend_as!(F32, 1),
             }
             s.profile.mark(Profile::ATTN);
             let att_in: &[f32] = match &layer.attn_sub_norm {

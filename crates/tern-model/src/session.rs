@@ -8,7 +8,7 @@
 
 use crate::chat::ChatTemplate;
 use crate::error::ModelError;
-use crate::forward::{BatchScratch, KvCache, Logits, State};
+use crate::forward::{BatchScratch, KvCache, KvType, Logits, State};
 use crate::load::{self, Loaded};
 use crate::model::{HeadKind, LoadOptions};
 use crate::sample::{Sampler, SamplerConfig};
@@ -76,6 +76,8 @@ pub struct Options {
     pub head: HeadKind,
     /// Prompt tokens run per forward chunk.
     pub max_batch: usize,
+    /// Element type of the KV caches this session makes.
+    pub kv: KvType,
 }
 
 impl Default for Options {
@@ -86,6 +88,7 @@ impl Default for Options {
             layout: Layout::Tern2,
             head: HeadKind::F16,
             max_batch: 512,
+            kv: KvType::F32,
         }
     }
 }
@@ -137,6 +140,7 @@ pub struct Session {
     /// Things the user should be told once (a capped thread count).
     pub notes: Vec<String>,
     threads: usize,
+    kv: KvType,
     sampler: Option<Sampler>,
     /// Buffers of the generation loop (no allocation per token).
     logits: Vec<f32>,
@@ -157,7 +161,8 @@ impl Session {
         let template = loaded.take_template();
         let max = loaded.model.config.max_seq_len;
         let ctx = if opts.ctx == 0 { max } else { opts.ctx };
-        let state = State::new(&loaded.model.config, ctx, opts.max_batch, threads)?;
+        let state =
+            State::with_kv_type(&loaded.model.config, ctx, opts.max_batch, threads, opts.kv)?;
         Ok(Session {
             loaded: Arc::new(loaded),
             pool: ThreadPool::new(threads),
@@ -167,6 +172,7 @@ impl Session {
             bundled: *model == ModelPath::Bundled,
             notes: note.into_iter().collect(),
             threads,
+            kv: opts.kv,
             sampler: None,
             logits: Vec::new(),
             recent: Vec::new(),
@@ -178,16 +184,27 @@ impl Session {
         self.threads
     }
 
+    /// Element type of the KV caches this session makes.
+    pub fn kv_type(&self) -> KvType {
+        self.kv
+    }
+
     /// A fresh state over the same weights, for another sequence of up to `ctx` tokens.
     pub fn new_state(&self, ctx: usize, max_batch: usize) -> Result<State, ModelError> {
-        State::new(&self.loaded.model.config, ctx, max_batch, self.threads)
+        State::with_kv_type(
+            &self.loaded.model.config,
+            ctx,
+            max_batch,
+            self.threads,
+            self.kv,
+        )
     }
 
     /// An empty KV cache for one more sequence of up to `ctx` tokens (0 = the model's
     /// maximum), for [`crate::Model::forward_batch`].
     pub fn new_kv_cache(&self, ctx: usize) -> Result<KvCache, ModelError> {
         let c = &self.loaded.model.config;
-        KvCache::new(c, if ctx == 0 { c.max_seq_len } else { ctx })
+        KvCache::with_type(c, if ctx == 0 { c.max_seq_len } else { ctx }, self.kv)
     }
 
     /// Step buffers for [`crate::Model::forward_batch`]: up to `max_rows` token rows per step

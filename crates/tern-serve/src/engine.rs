@@ -1,8 +1,11 @@
 //! One engine thread per model: it owns the model's [`Session`] (weights and thread pool) and
 //! serves jobs from a bounded queue with continuous batching.
 //!
-//! Up to `parallel` sequences are active, each with its own [`KvCache`] (from a free list, so
-//! KV buffers are reused) and its own sampler. Every round is **one** batched forward step
+//! Up to `parallel` sequences are active, each with its own sampler and its own [`KvCache`]
+//! sized for its prompt plus its `max_tokens` (TGI's reservation: no sequence ever runs out of
+//! cache mid-generation), all within the model's KV budget: a request that does not fit waits
+//! at the head of the queue until finished sequences give memory back. Caches are reused from
+//! a free list (dropped, largest first, when a new one needs their memory). Every round is **one** batched forward step
 //! ([`tern_model::Model::forward_batch`]): the last token of every decoding sequence and the
 //! next chunk of every prefilling prompt go through each projection as one ternary GEMM, so
 //! the weights are read once per step, not once per sequence; a long prompt is prefilled in
@@ -17,6 +20,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,7 +28,7 @@ use tern_model::chat::ChatTemplate;
 use tern_model::forward::Logits;
 use tern_model::load::Loaded;
 use tern_model::sample::{Sampler, SamplerConfig};
-use tern_model::{BatchScratch, KvCache, SeqInput, Session, State};
+use tern_model::{BatchScratch, KvCache, KvType, SeqInput, Session, State};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Why a generation ended, as OpenAI's `finish_reason` says it.
@@ -80,22 +84,30 @@ pub struct EngineHandle {
     pub template: ChatTemplate,
     /// Tokens per sequence (prompt + generated).
     pub ctx: usize,
+    /// Element type of the KV caches.
+    pub kv_type: KvType,
+    /// Bytes the KV caches of the active sequences may hold together.
+    pub kv_budget: usize,
     queue: SyncSender<Job>,
     metrics: Arc<Metrics>,
 }
 
 impl EngineHandle {
+    /// Bytes of the KV cache a sequence of up to `tokens` tokens (prompt + generated) takes.
+    pub fn kv_bytes(&self, tokens: usize) -> usize {
+        kv_bytes(
+            &self.loaded.model.config,
+            self.kv_type,
+            cache_tokens(tokens, self.ctx),
+        )
+    }
     /// Queues `job`, or says 429 when the queue is full.
     pub fn submit(&self, job: Job) -> Result<(), ApiError> {
         // Counted before the send: the engine may take the job (and decrement) at once.
-        self.metrics
-            .queue_depth
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.queue_depth.fetch_add(1, Relaxed);
         let r = self.queue.try_send(job);
         if r.is_err() {
-            self.metrics
-                .queue_depth
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.queue_depth.fetch_sub(1, Relaxed);
         }
         match r {
             Ok(()) => Ok(()),
@@ -107,23 +119,50 @@ impl EngineHandle {
     }
 }
 
-/// Starts the engine thread of `session`, named `name`, with `parallel` sequence slots and a
-/// queue of `max_queue` waiting jobs.
+/// Capacity of the cache for a sequence of `tokens` tokens: rounded up to a multiple of 64, so
+/// that freed caches fit later sequences of about the same size; at most `ctx`.
+fn cache_tokens(tokens: usize, ctx: usize) -> usize {
+    tokens.max(1).div_ceil(64).saturating_mul(64).min(ctx)
+}
+
+fn kv_bytes(c: &tern_model::ModelConfig, ty: KvType, capacity: usize) -> usize {
+    KvCache::bytes_for(c, capacity, ty)
+}
+
+/// How an engine runs: sequences at once, waiting jobs, KV budget (bytes; 0 = `parallel`
+/// full-context caches).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub parallel: usize,
+    pub max_queue: usize,
+    pub kv_budget: usize,
+}
+
+/// Starts the engine thread of `session` (its KV type is the session's), named `name`.
 pub fn spawn(
     name: String,
     mut session: Session,
-    parallel: usize,
-    max_queue: usize,
+    limits: Limits,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<EngineHandle> {
-    let (tx, rx) = sync_channel(max_queue);
+    let (tx, rx) = sync_channel(limits.max_queue);
     let template = std::mem::replace(&mut session.template, ChatTemplate::bitnet_2b4t());
     let ctx = session.state.capacity();
+    let parallel = limits.parallel.max(1);
+    let kv_type = session.kv_type();
+    let kv_budget = if limits.kv_budget == 0 {
+        parallel.saturating_mul(kv_bytes(&session.loaded.model.config, kv_type, ctx))
+    } else {
+        limits.kv_budget
+    };
+    metrics.kv_budget_bytes.fetch_add(kv_budget as i64, Relaxed);
     let handle = EngineHandle {
         name: name.clone(),
         loaded: session.loaded.clone(),
         template,
         ctx,
+        kv_type,
+        kv_budget,
         queue: tx,
         metrics: metrics.clone(),
     };
@@ -134,8 +173,13 @@ pub fn spawn(
                 scratch: None,
                 free: Vec::new(),
                 active: Vec::new(),
-                parallel: parallel.max(1),
+                pending: None,
+                parallel,
                 ctx,
+                kv_type,
+                kv_budget,
+                kv_active: 0,
+                max_rows: MAX_ROWS.max(parallel),
                 metrics,
                 session,
             };
@@ -145,8 +189,8 @@ pub fn spawn(
 }
 
 /// Rows (prompt tokens of prefilling sequences plus one per decoding sequence) one batched
-/// step runs at most: a long prompt is prefilled in chunks between the others' decode steps
-/// (chunked prefill), so it does not stall them.
+/// step runs at most (or `parallel`, if larger): a long prompt is prefilled in chunks between
+/// the others' decode steps (chunked prefill), so it does not stall them.
 const MAX_ROWS: usize = 256;
 
 struct Engine {
@@ -156,8 +200,15 @@ struct Engine {
     /// Reset KV caches ready for a new sequence.
     free: Vec<KvCache>,
     active: Vec<Seq>,
+    /// The job at the head of the queue, taken but waiting for KV memory.
+    pending: Option<Job>,
     parallel: usize,
     ctx: usize,
+    kv_type: KvType,
+    kv_budget: usize,
+    /// Bytes of the active sequences' caches.
+    kv_active: usize,
+    max_rows: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -192,38 +243,47 @@ impl Engine {
         }
     }
 
-    /// Takes queued jobs into free slots; blocks when nothing is active. `false` once the
-    /// queue is closed and nothing is left to run.
+    /// Takes queued jobs while there are slots and KV memory for them; blocks when nothing is
+    /// active. `false` once the queue is closed and nothing is left to run.
     fn admit(&mut self, rx: &Receiver<Job>) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
         while self.active.len() < self.parallel {
-            let job = if self.active.is_empty() {
-                match rx.recv() {
+            let job = match self.pending.take() {
+                Some(j) => j,
+                None if self.active.is_empty() => match rx.recv() {
                     Ok(j) => j,
                     Err(_) => return false,
-                }
-            } else {
-                match rx.try_recv() {
+                },
+                None => match rx.try_recv() {
                     Ok(j) => j,
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
+                },
             };
-            self.metrics.queue_depth.fetch_sub(1, Relaxed);
             if job.events.is_closed() {
+                self.metrics.queue_depth.fetch_sub(1, Relaxed);
                 self.metrics.cancelled.fetch_add(1, Relaxed);
                 continue;
             }
-            if job.prompt.is_empty() {
-                let _ = job.events.send(Event::Error("empty prompt".into()));
+            let tokens = cache_tokens(job.prompt.len() + job.max_new, self.ctx);
+            let need = kv_bytes(&self.session.loaded.model.config, self.kv_type, tokens);
+            if job.prompt.is_empty() || need > self.kv_budget {
+                // The handlers refuse both; a job that slips through still gets an answer.
+                self.metrics.queue_depth.fetch_sub(1, Relaxed);
+                let _ = job.events.send(Event::Error(format!(
+                    "the request needs {need} bytes of KV cache; the budget is {}",
+                    self.kv_budget
+                )));
                 continue;
             }
-            let cache = match self.free.pop() {
-                Some(c) => Ok(c),
-                None => self.session.new_kv_cache(self.ctx),
-            };
+            if self.kv_active + need > self.kv_budget {
+                // First come, first served: it waits at the head until memory is given back.
+                self.pending = Some(job);
+                break;
+            }
+            self.metrics.queue_depth.fetch_sub(1, Relaxed);
+            let cache = self.take_cache(tokens, need);
             let scratch = match self.scratch.take() {
                 Some(s) => Ok(s),
-                None => self.session.new_batch_scratch(self.ctx, MAX_ROWS),
+                None => self.session.new_batch_scratch(self.ctx, self.max_rows),
             };
             let (cache, scratch) = match (cache, scratch) {
                 (Ok(c), Ok(s)) => (c, s),
@@ -233,6 +293,10 @@ impl Engine {
                 }
             };
             self.scratch = Some(scratch);
+            self.kv_active += cache.bytes();
+            self.metrics
+                .kv_used_bytes
+                .fetch_add(cache.bytes() as i64, Relaxed);
             self.metrics.active_sequences.fetch_add(1, Relaxed);
             self.active.push(Seq {
                 sampler: Sampler::new(job.sampling.clone()),
@@ -249,12 +313,37 @@ impl Engine {
         true
     }
 
+    /// A cache of at least `tokens` positions (`need` bytes, which fit the budget beside the
+    /// active ones): the smallest free one that fits in the budget, else a new one, after
+    /// dropping free caches (largest first) until active, free and new fit together.
+    fn take_cache(
+        &mut self,
+        tokens: usize,
+        need: usize,
+    ) -> Result<KvCache, tern_model::ModelError> {
+        let room = self.kv_budget - self.kv_active;
+        let best = (0..self.free.len())
+            .filter(|&i| self.free[i].capacity() >= tokens && self.free[i].bytes() <= room)
+            .min_by_key(|&i| self.free[i].capacity());
+        if let Some(i) = best {
+            return Ok(self.free.swap_remove(i));
+        }
+        self.free.sort_by_key(|c| c.capacity());
+        while self.kv_active + self.free.iter().map(KvCache::bytes).sum::<usize>() + need
+            > self.kv_budget
+        {
+            if self.free.pop().is_none() {
+                break;
+            }
+        }
+        self.session.new_kv_cache(tokens)
+    }
+
     /// One batched forward step over every active sequence (each decoding sequence's last
     /// token, and the next chunk of each prefilling sequence's prompt, as one set of
     /// projections), then one sampled token for every sequence whose prompt is done.
     /// Finished and cancelled sequences give their cache back.
     fn round(&mut self) {
-        use std::sync::atomic::Ordering::Relaxed;
         // Cancelled requests leave before the step: their slot is free at once.
         let mut i = 0;
         while i < self.active.len() {
@@ -273,7 +362,7 @@ impl Engine {
         };
         // Decoders first (one row each), then prompt chunks in arrival order.
         let decoding = self.active.iter().filter(|s| s.last.is_some()).count();
-        let mut budget = MAX_ROWS.saturating_sub(decoding).max(1);
+        let mut budget = self.max_rows.saturating_sub(decoding).max(1);
         let mut inputs = Vec::with_capacity(self.active.len());
         let mut samples = Vec::with_capacity(self.active.len());
         for s in self.active.iter_mut() {
@@ -345,9 +434,12 @@ impl Engine {
 
     /// Removes sequence `i`, returning its cache to the free list when it can be reused.
     fn finish(&mut self, i: usize, reuse: bool) {
-        use std::sync::atomic::Ordering::Relaxed;
         let mut seq = self.active.remove(i);
         self.metrics.active_sequences.fetch_sub(1, Relaxed);
+        self.kv_active -= seq.cache.bytes();
+        self.metrics
+            .kv_used_bytes
+            .fetch_sub(seq.cache.bytes() as i64, Relaxed);
         if reuse {
             seq.cache.reset();
             self.free.push(seq.cache);
@@ -375,7 +467,6 @@ enum Step {
 impl Seq {
     /// Samples the next token from `self.logits` and sends it.
     fn sample_and_send(&mut self, loaded: &Loaded, metrics: &Metrics) -> Step {
-        use std::sync::atomic::Ordering::Relaxed;
         self.apply_penalties();
         let tok = self.sampler.sample(&mut self.logits, &[]);
         let now = Instant::now();

@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tern_model::{ModelPath, Options, Session};
+use tern_model::{KvType, ModelPath, Options, Session};
 
 /// A model to serve: the name clients ask for and where it is.
 #[derive(Clone, Debug)]
@@ -79,8 +79,13 @@ pub struct Config {
     pub ctx: usize,
     /// Requests waiting per model beyond those running; more get 429.
     pub max_queue: usize,
-    /// Sequences each engine runs at once (each holds a KV cache of `ctx` tokens).
+    /// Sequences each engine runs at once (at most; the KV budget may allow fewer).
     pub parallel: usize,
+    /// Element type of the KV caches.
+    pub kv_type: KvType,
+    /// Bytes of KV cache each engine's active sequences may hold (0 = `parallel` sequences
+    /// of the full context).
+    pub kv_budget: usize,
     pub api_key: Option<String>,
     /// Largest request body in bytes; larger get 413.
     pub body_limit: usize,
@@ -97,7 +102,9 @@ impl Default for Config {
             threads: 0,
             ctx: 0,
             max_queue: 64,
-            parallel: 4,
+            parallel: 16,
+            kv_type: KvType::F16,
+            kv_budget: 0,
             api_key: None,
             body_limit: 1 << 20,
             shutdown_grace: Duration::from_secs(10),
@@ -158,6 +165,7 @@ pub fn load(config: &Config) -> Result<Arc<App>> {
         let opts = Options {
             threads: config.threads,
             ctx: config.ctx,
+            kv: config.kv_type,
             ..Options::default()
         };
         let session =
@@ -169,13 +177,12 @@ pub fn load(config: &Config) -> Result<Arc<App>> {
             .loaded
             .require_tokenizer()
             .with_context(|| format!("model '{}'", spec.name))?;
-        let h = engine::spawn(
-            spec.name.clone(),
-            session,
-            config.parallel,
-            config.max_queue,
-            metrics.clone(),
-        )?;
+        let limits = engine::Limits {
+            parallel: config.parallel,
+            max_queue: config.max_queue,
+            kv_budget: config.kv_budget,
+        };
+        let h = engine::spawn(spec.name.clone(), session, limits, metrics.clone())?;
         engines.push(Arc::new(h));
     }
     Ok(Arc::new(App {

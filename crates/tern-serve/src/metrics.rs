@@ -69,6 +69,9 @@ pub struct Metrics {
     pub queue_depth: AtomicI64,
     /// Sequences an engine is running (each holds a KV-cache state).
     pub active_sequences: AtomicI64,
+    /// Bytes of KV cache the active sequences hold, and the engines' budgets (all models).
+    pub kv_used_bytes: AtomicI64,
+    pub kv_budget_bytes: AtomicI64,
     /// Sequences the engine dropped because their receiver went away: the client left, or a
     /// stop string ended the text (the server stops listening, the engine notices next token).
     pub cancelled: AtomicU64,
@@ -86,6 +89,8 @@ impl Default for Metrics {
             completion_tokens: AtomicU64::new(0),
             queue_depth: AtomicI64::new(0),
             active_sequences: AtomicI64::new(0),
+            kv_used_bytes: AtomicI64::new(0),
+            kv_budget_bytes: AtomicI64::new(0),
             cancelled: AtomicU64::new(0),
             ttft: Histogram::new(&TTFT_BUCKETS),
             itl: Histogram::new(&ITL_BUCKETS),
@@ -144,6 +149,18 @@ impl Metrics {
             "gauge",
             "Sequences being generated (KV states in use).",
             self.active_sequences.load(Relaxed).to_string(),
+        );
+        one(
+            "tern_kv_used_bytes",
+            "gauge",
+            "KV cache held by the active sequences (each reserves prompt + max_tokens).",
+            self.kv_used_bytes.load(Relaxed).to_string(),
+        );
+        one(
+            "tern_kv_budget_bytes",
+            "gauge",
+            "KV cache the engines may hold (--kv-budget, summed over the models).",
+            self.kv_budget_bytes.load(Relaxed).to_string(),
         );
         one(
             "tern_cancelled_total",

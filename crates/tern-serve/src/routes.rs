@@ -220,6 +220,23 @@ async fn generate(
         .max_tokens
         .unwrap_or(usize::MAX)
         .min(engine.ctx - prompt.len());
+    // Each sequence reserves KV cache for prompt + max_tokens; one that could never fit the
+    // budget would wait forever.
+    let need = engine.kv_bytes(prompt.len() + max_new);
+    if need > engine.kv_budget {
+        return Err(ApiError {
+            code: Some("context_length_exceeded"),
+            ..ApiError::invalid(
+                "max_tokens",
+                format!(
+                    "{} prompt tokens + {max_new} completion tokens need {} MiB of KV cache, more than the server's budget of {} MiB: lower max_tokens, or start the server with a larger --kv-budget",
+                    prompt.len(),
+                    need.div_ceil(1 << 20),
+                    engine.kv_budget >> 20
+                ),
+            )
+        });
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let meta = Meta {
         id: format!(

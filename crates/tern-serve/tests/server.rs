@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tern_model::sample::SamplerConfig;
-use tern_model::{GenParams, ModelPath, Options, Session};
+use tern_model::{GenParams, KvType, ModelPath, Options, Session};
 use tern_serve::{Config, Server};
 
 /// The bundled model's whole context: long generations, so a disconnect lands mid-stream.
@@ -122,24 +122,30 @@ fn metric(addr: SocketAddr, name: &str) -> f64 {
         .unwrap()
 }
 
-/// A session like `tern run`'s, for the reference outputs.
-fn reference_session() -> std::sync::MutexGuard<'static, Session> {
-    static S: OnceLock<std::sync::Mutex<Session>> = OnceLock::new();
-    S.get_or_init(|| {
-        let opts = Options {
-            ctx: CTX,
-            ..Options::default()
-        };
-        std::sync::Mutex::new(Session::open(&ModelPath::Bundled, &opts).unwrap())
-    })
-    .lock()
-    .unwrap_or_else(|e| e.into_inner())
+/// A session like `tern run --kv-type KV`'s, for the reference outputs.
+fn reference_session(kv: KvType) -> std::sync::MutexGuard<'static, Session> {
+    static S: OnceLock<Vec<std::sync::Mutex<Session>>> = OnceLock::new();
+    let all = S.get_or_init(|| {
+        KvType::ALL
+            .iter()
+            .map(|&kv| {
+                let opts = Options {
+                    ctx: CTX,
+                    kv,
+                    ..Options::default()
+                };
+                std::sync::Mutex::new(Session::open(&ModelPath::Bundled, &opts).unwrap())
+            })
+            .collect()
+    });
+    let i = KvType::ALL.iter().position(|&t| t == kv).unwrap();
+    all[i].lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// What `tern run --temp 0 -n N` generates for `prompt` (its tokens, stop token left out,
-/// decoded), and whether it ended on a stop token.
-fn reference(prompt_ids: &[u32], n: usize) -> (String, bool) {
-    let mut s = reference_session();
+/// What `tern run --temp 0 -n N --kv-type KV` generates for `prompt` (its tokens, stop token
+/// left out, decoded), and whether it ended on a stop token.
+fn reference_kv(kv: KvType, prompt_ids: &[u32], n: usize) -> (String, bool) {
+    let mut s = reference_session(kv);
     s.state.reset();
     let stops = s.loaded.stop_tokens.clone();
     let mut ids = Vec::new();
@@ -162,8 +168,13 @@ fn reference(prompt_ids: &[u32], n: usize) -> (String, bool) {
     )
 }
 
+/// [`reference_kv`] with the server's default KV type.
+fn reference(prompt_ids: &[u32], n: usize) -> (String, bool) {
+    reference_kv(Config::default().kv_type, prompt_ids, n)
+}
+
 fn encode(text: &str) -> Vec<u32> {
-    reference_session().encode(text).unwrap()
+    reference_session(KvType::F32).encode(text).unwrap()
 }
 
 #[test]
@@ -369,19 +380,21 @@ fn sampling_fields_are_accepted_and_seeded_runs_repeat() {
     assert_eq!(x.json()["choices"][0]["finish_reason"], "length");
 }
 
+/// An OpenAI error of `status` whose message contains `needle`.
+fn check(r: Reply, status: u16, needle: &str) -> Value {
+    assert_eq!(r.status, status, "{}", r.body);
+    let e = &r.json()["error"];
+    assert!(
+        e["message"].as_str().unwrap().contains(needle),
+        "{needle:?} not in {e}"
+    );
+    assert!(e["type"].is_string());
+    e.clone()
+}
+
 #[test]
 fn bad_requests_get_openai_errors() {
     let a = server();
-    let check = |r: Reply, status: u16, needle: &str| {
-        assert_eq!(r.status, status, "{}", r.body);
-        let e = &r.json()["error"];
-        assert!(
-            e["message"].as_str().unwrap().contains(needle),
-            "{needle:?} not in {e}"
-        );
-        assert!(e["type"].is_string());
-        e.clone()
-    };
     check(
         http(a, "POST", "/v1/chat/completions", &[], "{not json"),
         400,
@@ -541,7 +554,7 @@ fn a_client_that_leaves_mid_stream_frees_its_sequence() {
     assert!(metric(a, "tern_cancelled_total") > before);
 }
 
-/// The concurrency check: 64 streaming clients at once (4 sequence slots, the rest
+/// The concurrency check: 64 streaming clients at once (16 sequence slots, the rest
 /// queued): every one completes, each greedy text equals `Session::generate` of its prompt
 /// alone, and the server ends with no active sequence and an empty queue.
 #[test]
@@ -558,6 +571,14 @@ fn sixty_four_concurrent_streams_equal_their_single_stream_output() {
             .expect("server starts")
         })
         .addr;
+    let prompts = sixty_four_prompts();
+    assert_eq!(prompts.len(), 64);
+    concurrent_streams_equal_references(a, &prompts, 16, Config::default().kv_type);
+    wait_idle(a);
+}
+
+/// 64 prompts of the 64-stream test.
+fn sixty_four_prompts() -> Vec<String> {
     let starts = [
         "The state of the Union",
         "Tonight",
@@ -571,12 +592,15 @@ fn sixty_four_concurrent_streams_equal_their_single_stream_output() {
     let ends = [
         " is", " must", " has", " will", " and", " can", " was", " should",
     ];
-    let prompts: Vec<String> = starts
+    starts
         .iter()
         .flat_map(|s| ends.iter().map(move |e| format!("{s}{e}")))
-        .collect();
-    assert_eq!(prompts.len(), 64);
-    let n = 16;
+        .collect()
+}
+
+/// Streams `prompts` at once (greedy, `n` tokens each) and checks every text against the
+/// single-stream reference with KV type `kv`.
+fn concurrent_streams_equal_references(a: SocketAddr, prompts: &[String], n: usize, kv: KvType) {
     let handles: Vec<_> = prompts
         .iter()
         .map(|p| {
@@ -594,7 +618,82 @@ fn sixty_four_concurrent_streams_equal_their_single_stream_output() {
             .map(|e| serde_json::from_str::<Value>(e).unwrap())
             .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_string))
             .collect();
-        assert_eq!(text, reference(&encode(p), n).0, "prompt {p:?}");
+        assert_eq!(
+            text,
+            reference_kv(kv, &encode(p), n).0,
+            "KV {}: prompt {p:?}",
+            kv.name()
+        );
     }
+}
+
+/// The batch-invariance check for every KV type: 32 requests in one 32-way batch,
+/// each greedy output equal to `tern run --kv-type KV` of its prompt alone, byte for byte.
+#[test]
+fn thirty_two_way_batches_equal_single_streams_for_every_kv_type() {
+    let prompts = sixty_four_prompts();
+    for kv in KvType::ALL {
+        let server = tern_serve::start(&Config {
+            port: 0,
+            ctx: CTX,
+            parallel: 32,
+            kv_type: kv,
+            ..Config::default()
+        })
+        .expect("server starts");
+        concurrent_streams_equal_references(server.addr, &prompts[..32], 12, kv);
+        wait_idle(server.addr);
+        assert_eq!(metric(server.addr, "tern_kv_used_bytes"), 0.0);
+    }
+}
+
+/// A KV budget of two sequences' reservations: six requests run at most two at a time (the
+/// used bytes never exceed the budget), all complete with their single-stream text, and a
+/// request that could never fit gets a 400 naming --kv-budget.
+#[test]
+fn the_kv_budget_bounds_the_sequences_in_flight() {
+    let n = 40;
+    // The bundled model: 6 layers, 2 KV heads of 64; f16; a prompt of a few tokens + 40
+    // generated reserves a 64-position cache.
+    let per_seq = 2 * 6 * 128 * 2 * 64;
+    let budget = 2 * per_seq;
+    let server = tern_serve::start(&Config {
+        port: 0,
+        ctx: CTX,
+        parallel: 8,
+        kv_type: KvType::F16,
+        kv_budget: budget,
+        ..Config::default()
+    })
+    .expect("server starts");
+    let a = server.addr;
+    assert_eq!(metric(a, "tern_kv_budget_bytes"), budget as f64);
+    let r = post(
+        a,
+        "/v1/completions",
+        &json!({"prompt": "We will", "max_tokens": 200}),
+    );
+    check(r, 400, "--kv-budget");
+    let prompts: Vec<String> = sixty_four_prompts().into_iter().step_by(10).collect();
+    assert_eq!(prompts.len(), 7);
+    let watch = std::thread::spawn(move || {
+        let (mut most_used, mut most_active) = (0.0f64, 0.0f64);
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(3) {
+            most_used = most_used.max(metric(a, "tern_kv_used_bytes"));
+            most_active = most_active.max(metric(a, "tern_active_sequences"));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (most_used, most_active)
+    });
+    concurrent_streams_equal_references(a, &prompts, n, KvType::F16);
+    let (most_used, most_active) = watch.join().unwrap();
+    assert!(most_used <= budget as f64, "{most_used} bytes used");
+    assert!(most_active <= 2.0, "{most_active} sequences at once");
+    assert!(
+        most_used > 0.0 && most_active >= 1.0,
+        "the watcher saw nothing run"
+    );
     wait_idle(a);
+    assert_eq!(metric(a, "tern_kv_used_bytes"), 0.0);
 }
