@@ -8,7 +8,10 @@
 #     tests/gguf_tokenizer.rs): the ggml-vocab-* files of the llama-cpp-python 0.3.36 sdist
 #     (~75 MB, checked by sha256), unless TERN_VOCAB_DIR is set;
 #   - the official openai Python client 3.63.0, for tern-serve's client test: the interpreter in
-#     TERN_OPENAI_PYTHON, else a virtualenv in the cache.
+#     TERN_OPENAI_PYTHON, else a virtualenv in the cache;
+#   - Chromium, chromedriver and selenium 4.51.0, for tern-serve's chat page test: the Debian
+#     packages chromium and chromium-driver (apt-get, when root and they are missing), selenium
+#     from the interpreter in TERN_BROWSER_PYTHON, else a virtualenv in the cache.
 #
 # All are cached under ${TERN_CACHE_DIR:-~/.cache/tern}, so only the first run downloads.
 # The tests build in the release profile: after the README's first command
@@ -87,6 +90,32 @@ if [ -z "${TERN_OPENAI_PYTHON:-}" ]; then
   fi
   if "$oai/bin/python" -c 'import openai' >/dev/null 2>&1; then
     export TERN_OPENAI_PYTHON="$oai/bin/python"
+  fi
+fi
+
+# Headless Chromium driven by selenium, for the chat page test (crates/tern-serve/tests/chat_page.rs):
+# Debian's chromium and chromium-driver, and selenium from TERN_BROWSER_PYTHON as given, else a
+# virtualenv in the cache. (4.51.0: the newest selenium whose dependencies the package index
+# here resolves; 4.52.0 wants a certifi newer than the index has.)
+if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } \
+   && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "test.sh: installing chromium and chromium-driver (apt-get)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      chromium chromium-driver; } >/dev/null 2>&1 \
+    || echo "test.sh: could not install chromium; the browser test will skip"
+fi
+if [ -z "${TERN_BROWSER_PYTHON:-}" ]; then
+  sel="$cache/selenium-4.51.0"
+  if ! "$sel/bin/python" -c 'import selenium' >/dev/null 2>&1; then
+    echo "test.sh: installing selenium 4.51.0 into $sel"
+    rm -rf "$sel"
+    python3 -m venv "$sel" >/dev/null 2>&1 \
+      && "$sel/bin/python" -m pip install --quiet --disable-pip-version-check \
+           selenium==4.51.0 >/dev/null 2>&1 \
+      || echo "test.sh: could not install selenium; the browser test will skip"
+  fi
+  if "$sel/bin/python" -c 'import selenium' >/dev/null 2>&1; then
+    export TERN_BROWSER_PYTHON="$sel/bin/python"
   fi
 fi
 

@@ -3,7 +3,8 @@
 //! - [`api`]: request bodies parsed field by field (errors name the field);
 //! - [`engine`]: one engine thread per model, fed by a bounded queue;
 //! - [`text`]: tokens to text, stop strings;
-//! - [`routes`]: the endpoints and the SSE stream;
+//! - [`routes`]: the endpoints and the SSE stream, and the chat page at `/`
+//!   (`static/chat.html`);
 //! - [`metrics`], [`error`]: `/metrics` and OpenAI's error shape.
 //!
 //! [`load`] opens the models and starts their engines, [`router`] builds the axum app (tests
@@ -197,7 +198,8 @@ pub fn load(config: &Config) -> Result<Arc<App>> {
     }))
 }
 
-/// The routes, with the API-key check on `/v1/*`, the body limit and the request counter.
+/// The routes, with the API-key check on `/v1/*` (the chat page at `/` is static and stays
+/// open: its API calls carry the key), the body limit and the request counter.
 pub fn router(app: Arc<App>) -> Router {
     let v1 = Router::new()
         .route("/v1/chat/completions", post(routes::chat))
@@ -209,6 +211,7 @@ pub fn router(app: Arc<App>) -> Router {
         ));
     Router::new()
         .merge(v1)
+        .route("/", get(routes::page))
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::fallback)

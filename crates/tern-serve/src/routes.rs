@@ -43,6 +43,18 @@ pub async fn models(State(app): State<Arc<App>>) -> Response {
     json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
+/// The chat page (`static/chat.html`, built into the binary): plain HTML and JS that use the
+/// API above like any client.
+pub const CHAT_PAGE: &str = include_str!("../static/chat.html");
+
+pub async fn page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        CHAT_PAGE,
+    )
+        .into_response()
+}
+
 pub async fn health() -> Response {
     json_response(StatusCode::OK, &json!({"status": "ok"}))
 }
@@ -71,6 +83,7 @@ pub async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Res
         "/v1/models" => "models",
         "/health" => "health",
         "/metrics" => "metrics",
+        "/" => "page",
         _ => "other",
     };
     let r = next.run(req).await;
