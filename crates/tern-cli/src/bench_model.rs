@@ -301,7 +301,7 @@ pub fn peak_rss_bytes() -> u64 {
     read_status_kb("/proc/self/status", "VmHWM:").unwrap_or(0) * 1024
 }
 
-fn mem_available_bytes() -> Option<usize> {
+pub fn mem_available_bytes() -> Option<usize> {
     read_status_kb("/proc/meminfo", "MemAvailable:").map(|kb| kb as usize * 1024)
 }
 

@@ -1,18 +1,28 @@
 //! `tern convert IN OUT`: Hugging Face directory <-> GGUF, GGUF retyping (crate tern-convert).
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Args as ClapArgs;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use tern_convert::{HeadType, Options, WeightType};
+use tern_model::source::synthetic::SyntheticSource;
 
 #[derive(ClapArgs)]
 pub struct Args {
-    /// Input: a Hugging Face model directory or a GGUF file.
-    pub input: PathBuf,
-    /// Output: a `.gguf` file, or else a Hugging Face directory (created; must not exist or
-    /// be empty).
-    pub output: PathBuf,
+    /// Input: a Hugging Face model directory or a GGUF file (with --shape: leave it out).
+    #[arg(value_name = "INPUT")]
+    pub paths: Vec<PathBuf>,
+    /// Instead of an input, a model of a named shape with random ternary weights (700m, 2b4t,
+    /// 3b, 7b, 13b, 70b), written layer by layer: a benchmark file peers can load too.
+    #[arg(long)]
+    pub shape: Option<String>,
+    /// With --shape: the tokenizer (and vocab size) of this model, e.g. one of llama.cpp's
+    /// models/ggml-vocab-*.gguf files; without it the file has no tokenizer.
+    #[arg(long, requires = "shape")]
+    pub vocab_from: Option<PathBuf>,
+    /// With --shape: the seed of the random weights.
+    #[arg(long, default_value_t = 1, requires = "shape")]
+    pub seed: u64,
     /// Storage of ternary projections in a GGUF output: tq2_0, tq1_0, i2_s or f16. Dense
     /// (LLaMA) projections are always f16. For a Hugging Face output: bf16 writes master
     /// weights (quantization_mode online, trainable); anything else packed uint8.
@@ -41,7 +51,19 @@ pub fn run(a: &Args) -> Result<()> {
         head: a.head,
         progress: std::io::stderr().is_terminal(),
     };
-    let r = tern_convert::convert(&a.input, &a.output, &opts).map_err(|e| anyhow!("{e}"))?;
+    let (r, input, output) = match (&a.shape, a.paths.as_slice()) {
+        (Some(shape), [output]) => {
+            let src = SyntheticSource::new(shape, a.vocab_from.as_deref(), a.seed)?;
+            let r = tern_convert::write(&src, output, &opts).map_err(|e| anyhow!("{e}"))?;
+            (r, format!("random weights of shape {shape}"), output)
+        }
+        (Some(_), _) => bail!("with --shape, give only the output path"),
+        (None, [input, output]) => {
+            let r = tern_convert::convert(input, output, &opts).map_err(|e| anyhow!("{e}"))?;
+            (r, input.display().to_string(), output)
+        }
+        (None, _) => bail!("give an input model and an output path (or --shape and an output)"),
+    };
     for n in &r.notes {
         eprintln!("tern: note: {n}");
     }
@@ -51,14 +73,11 @@ pub fn run(a: &Args) -> Result<()> {
     } else {
         format!("Hugging Face directory{arch}")
     };
-    eprintln!(
-        "tern: wrote {} as {what} from {}",
-        a.output.display(),
-        if r.from == "gguf" {
-            "GGUF"
-        } else {
-            "Hugging Face directory"
-        }
-    );
+    let from = match r.from {
+        "gguf" => format!("GGUF {input}"),
+        "hf" => format!("Hugging Face directory {input}"),
+        _ => input,
+    };
+    eprintln!("tern: wrote {} as {what} from {from}", output.display());
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! `tern`: BitNet b1.58 ternary models on CPUs.
 
+mod bench_batch;
 mod bench_kernels;
 mod bench_model;
+mod bench_serve;
 mod convert;
 mod perplexity;
 mod plot;
@@ -53,6 +55,12 @@ enum BenchWhat {
     Kernels(bench_kernels::Args),
     /// Whole-model prompt processing and generation speed (ppN / tgN), ternary or dense.
     Model(bench_model::Args),
+    /// Load on an OpenAI-compatible server: throughput, TTFT and inter-token latency at
+    /// several concurrencies (tern serve, llama-server, ...).
+    Serve(bench_serve::Args),
+    /// The paper's Table 3: the largest batch under a memory budget, ternary vs FP16, and
+    /// the decode throughput at that batch.
+    Batch(bench_batch::Args),
 }
 
 fn main() {
@@ -74,6 +82,12 @@ fn main() {
         Command::Bench {
             what: BenchWhat::Model(args),
         } => bench_model::run(&args),
+        Command::Bench {
+            what: BenchWhat::Serve(args),
+        } => bench_serve::run(&args),
+        Command::Bench {
+            what: BenchWhat::Batch(args),
+        } => bench_batch::run(&args),
     };
     if let Err(e) = result {
         eprintln!("tern: error: {}", error_line(&e));

@@ -20,6 +20,7 @@ pub use error::ConvertError;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::path::Path;
+use tern_model::source::Source;
 
 /// Storage of the ternary projections in a GGUF output.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -154,6 +155,13 @@ pub fn convert(input: &Path, output: &Path, opts: &Options) -> Result<Report, Co
             "the output is the input; choose another path",
         ));
     }
+    let src = tern_model::source::open(input)?;
+    write(src.as_ref(), output, opts)
+}
+
+/// Writes the model `src` to `output` as [`convert`] does (e.g. a synthetic model of a named
+/// shape, [`tern_model::source::synthetic`]).
+pub fn write(src: &dyn Source, output: &Path, opts: &Options) -> Result<Report, ConvertError> {
     // One rule for both kinds of output, as for llama.cpp's tools and `cp`: the output's
     // directory must exist (a mistyped path is an error, not a new directory tree).
     let parent = tern_io::parent_dir(output);
@@ -163,7 +171,6 @@ pub fn convert(input: &Path, output: &Path, opts: &Options) -> Result<Report, Co
             format!("the directory {} does not exist", parent.display()),
         ));
     }
-    let src = tern_model::source::open(input)?;
     let (from, src_arch) = (src.info().format, src.info().arch.clone());
     if is_gguf_path(output) && opts.ty == WeightType::BF16 {
         return Err(ConvertError::Other(
@@ -176,7 +183,7 @@ pub fn convert(input: &Path, output: &Path, opts: &Options) -> Result<Report, Co
     let progress = Progress::new(steps, opts.progress);
     let result = if is_gguf_path(output) {
         let arch = gguf_out::arch_for(src.info(), opts.ty).to_string();
-        gguf_out::write(src.as_ref(), output, opts.ty, opts.head, &progress).map(|notes| Report {
+        gguf_out::write(src, output, opts.ty, opts.head, &progress).map(|notes| Report {
             from,
             to: "gguf",
             arch: Some(arch),
@@ -184,7 +191,7 @@ pub fn convert(input: &Path, output: &Path, opts: &Options) -> Result<Report, Co
         })
     } else {
         let master = opts.ty == WeightType::BF16;
-        hf_out::write(src.as_ref(), output, master, &progress).map(|notes| Report {
+        hf_out::write(src, output, master, &progress).map(|notes| Report {
             from,
             to: "hf",
             arch: src_arch,

@@ -82,6 +82,7 @@ impl Profile {
 
 /// One sequence's KV cache: the part of a sequence that lives from step to step. The
 /// per-step buffers are a [`BatchScratch`], shared by every sequence a step runs.
+#[derive(Clone)]
 pub struct KvCache {
     capacity: usize,
     /// Tokens already in the cache.
@@ -135,6 +136,7 @@ impl KvType {
 }
 
 /// Keys and values, `[layer][kv head][position][head_dim]` each.
+#[derive(Clone)]
 enum KvData {
     F32 {
         k: Vec<f32>,
@@ -327,8 +329,9 @@ pub struct BatchScratch {
 }
 
 impl BatchScratch {
-    /// Scratch for steps of up to `max_rows` token rows (clamped to 1..=`capacity`) over
-    /// sequences whose caches hold up to `capacity` tokens, with attention on `threads` threads.
+    /// Scratch for steps of up to `max_rows` token rows (at least 1; over all sequences of a
+    /// step, so possibly more than `capacity`) over sequences whose caches hold up to
+    /// `capacity` tokens, with attention on `threads` threads.
     pub fn new(
         config: &ModelConfig,
         capacity: usize,
@@ -337,7 +340,7 @@ impl BatchScratch {
     ) -> Result<BatchScratch, ModelError> {
         check_capacity(config, capacity)?;
         let c = config;
-        let b = max_rows.clamp(1, capacity);
+        let b = max_rows.max(1);
         let half = c.head_dim / 2;
         // HF's rotary table: inv_freq_i = 1 / theta^(2i / d), angle = position * inv_freq_i, f32.
         let inv_freq: Vec<f32> = (0..half)
@@ -458,7 +461,8 @@ impl State {
     ) -> Result<State, ModelError> {
         Ok(State {
             cache: KvCache::with_type(config, capacity, kv)?,
-            scratch: BatchScratch::new(config, capacity, max_batch, threads)?,
+            // One sequence: a chunk never holds more rows than the cache.
+            scratch: BatchScratch::new(config, capacity, max_batch.min(capacity), threads)?,
             all: Vec::new(),
         })
     }

@@ -500,3 +500,35 @@ fn compressed_kv_caches_are_close_to_f32_and_steps_take_one_kv_type() {
     );
     assert!(r.is_err());
 }
+
+/// A decode step of many sequences holds more rows than one sequence's cache has positions.
+#[test]
+fn a_step_may_hold_more_rows_than_a_cache_has_positions() {
+    let m = fixture("bitnet_packed", HeadKind::F16);
+    let pool = ThreadPool::new(2);
+    let mut scratch = BatchScratch::new(&m.config, 4, 12, 2).unwrap();
+    let mut caches: Vec<KvCache> = (0..12)
+        .map(|_| KvCache::new(&m.config, 4).unwrap())
+        .collect();
+    let toks: Vec<u32> = (0..12).collect();
+    let mut seqs: Vec<SeqInput> = caches
+        .iter_mut()
+        .zip(&toks)
+        .map(|(cache, t)| SeqInput {
+            cache,
+            tokens: std::slice::from_ref(t),
+            logits: Logits::Last,
+        })
+        .collect();
+    let out = m.forward_batch(&mut seqs, &mut scratch, &pool).unwrap();
+    assert_eq!(out.len(), 12);
+    // Each row as its sequence alone.
+    for (i, &t) in toks.iter().enumerate() {
+        let mut s = State::new(&m.config, 4, 1, 2).unwrap();
+        let want = m
+            .forward(&[t], &mut s, Logits::Last, &pool)
+            .unwrap()
+            .to_vec();
+        assert!(out.get(i) == want.as_slice(), "row {i}");
+    }
+}

@@ -10,6 +10,7 @@
 //! Hugging Face's (torch `[out][in]`, NeoX RoPE halves); the GGUF reader undoes llama.cpp's
 //! Q/K permutation for arch `llama`, and the GGUF writer applies it.
 
+pub mod synthetic;
 pub mod vocab;
 
 use crate::chat::ChatTemplate;
