@@ -25,6 +25,8 @@ command -v "$llama" >/dev/null || { echo "llama-server not found (set LLAMA_SERV
 [ -f "$vocab" ] || { echo "$vocab missing: run scripts/test.sh once, or set TERN_VOCAB_DIR"; exit 1; }
 mkdir -p "$dir"
 : > "$out"
+pid=
+trap '[ -n "$pid" ] && kill $pid 2>/dev/null' EXIT
 
 # wait_up PORT PID: until /health answers 200 (model loaded), or the process dies.
 wait_up() {
@@ -50,12 +52,13 @@ for shape in $shapes; do
     "$tern" serve --model "bench=$f" --port 18601 --threads 2 --ctx 256 --parallel "$c" \
       --kv-type f16 --kv-budget 8GiB --max-queue 256 2>/dev/null &
     pid=$!
-    wait_up 18601 $pid && measure tern 18601 $pid "$c"
+    wait_up 18601 $pid && { measure tern 18601 $pid "$c" || echo "tern: the run failed"; }
     kill $pid; wait $pid 2>/dev/null || true
+    # One HTTP thread per client and a few more (its default pool resets connections at 64).
     "$llama" -m "$f" --port 18602 -t 2 -tb 2 -np "$c" -c $((256 * c)) -ctk f16 -ctv f16 \
-      --log-disable >/dev/null 2>&1 &
+      --threads-http $((c + 4)) --log-disable >/dev/null 2>&1 &
     pid=$!
-    wait_up 18602 $pid && measure llama-server 18602 $pid "$c"
+    wait_up 18602 $pid && { measure llama-server 18602 $pid "$c" || echo "llama-server: the run failed"; }
     kill $pid; wait $pid 2>/dev/null || true
   done
 done

@@ -39,8 +39,15 @@ pub struct Args {
     /// Largest batch measured (a batch above it is reported from its arithmetic only).
     #[arg(long, default_value_t = 256)]
     max_batch: usize,
+    /// Instead of the budget's largest batch: time the ternary model at these batch sizes
+    /// (decode throughput against batch size).
+    #[arg(long, value_delimiter = ',')]
+    batch: Vec<usize>,
     #[arg(long, short = 't', default_value_t = 0)]
     threads: usize,
+    /// With --batch: print where a step's time goes, phase by phase.
+    #[arg(long)]
+    profile: bool,
     /// JSON Lines instead of a table.
     #[arg(long)]
     json: bool,
@@ -69,6 +76,25 @@ pub fn run(a: &Args) -> Result<()> {
         let mut config =
             tern_model::shapes::named(shape).with_context(|| format!("unknown shape {shape:?}"))?;
         config.max_seq_len = config.max_seq_len.max(tokens);
+        if !a.batch.is_empty() {
+            let weights = SyntheticWeights::Ternary(Layout::Tern2);
+            for &b in &a.batch {
+                let b = b.max(1);
+                let s = decode_at_batch(a, &config, weights, b, kv, &pool)?;
+                let tps = b as f64 / s;
+                if a.json {
+                    println!(
+                        "{}",
+                        json!({"shape": shape, "weights": "b1.58 tern2", "kv_type": kv.name(),
+                               "batch": b, "depth": a.prompt + a.gen / 2, "step_s": s,
+                               "tokens_per_s": tps, "threads": threads})
+                    );
+                } else {
+                    println!("| {shape} | b1.58 tern2 | | | {b} | {tps:.1} | {s:.3} |");
+                }
+            }
+            continue;
+        }
         for (name, weights) in [
             ("b1.58 tern2", SyntheticWeights::Ternary(Layout::Tern2)),
             ("fp16", SyntheticWeights::F16),
@@ -145,6 +171,9 @@ fn decode_at_batch(
     let mut times = Vec::new();
     // One untimed step (first touch of the scratch), then the timed ones.
     for step in 0..=a.steps.max(1) {
+        if step == 1 && a.profile {
+            scratch.set_profiling(true);
+        }
         let mut seqs: Vec<SeqInput> = caches
             .iter_mut()
             .zip(&ids)
@@ -161,6 +190,14 @@ fn decode_at_batch(
         }
         for c in caches.iter_mut() {
             c.truncate(depth);
+        }
+    }
+    if a.profile {
+        let p = scratch.profile();
+        let steps = times.len() as f64;
+        eprintln!("batch {batch}: ms per step by phase");
+        for (name, ns) in tern_model::forward::Profile::PHASES.iter().zip(p.ns) {
+            eprintln!("  {name:<42} {:>8.2}", ns as f64 / 1e6 / steps);
         }
     }
     times.sort_by(|x, y| x.total_cmp(y));

@@ -110,3 +110,61 @@ fn sigterm_lets_an_inflight_stream_finish() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// SIGTERM with a stream that cannot finish within `--grace 0`: the stream is cut (no
+/// `finish_reason`), and the process still exits 0, promptly.
+#[cfg(unix)]
+#[test]
+fn sigterm_past_the_grace_period_cancels_and_exits_0() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["serve", "--port", "0", "--grace", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("tern serve: listening on http://")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_string();
+    // The whole context, token by token: far longer than no grace at all.
+    let body = r#"{"prompt":"We will","ignore_eos":true,"stream":true}"#;
+    let mut s = TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut first = String::new();
+    while !first.starts_with("data: ") {
+        first.clear();
+        assert!(r.read_line(&mut first).unwrap() > 0);
+    }
+    let t = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut rest = String::new();
+    let _ = r.read_to_string(&mut rest);
+    assert!(
+        !rest.contains("\"finish_reason\":\"length\""),
+        "the stream ran to its end despite --grace 0"
+    );
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM with --grace 0"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

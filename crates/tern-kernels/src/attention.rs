@@ -277,13 +277,20 @@ impl Q8Block {
     }
 }
 
-/// A compressed KV element type, widened to f32 a row at a time into a stack buffer.
-trait Widen: Copy {
+/// How the rows of a compressed KV element type are widened to f32 (into a stack buffer) for
+/// [`attend_widen_generic`]: exactly, so the instruction set does not change the bits.
+trait Widen {
+    type Elem: Copy;
+    /// Values per element.
     const PER: usize;
-    fn widen(src: &[Self], dst: &mut [f32]);
+    fn widen(src: &[Self::Elem], dst: &mut [f32]);
 }
 
-impl Widen for f16 {
+/// f16 rows through `half` (F16C when it detects it, else in software).
+struct WidenF16;
+
+impl Widen for WidenF16 {
+    type Elem = f16;
     const PER: usize = 1;
     #[inline(always)]
     fn widen(src: &[f16], dst: &mut [f32]) {
@@ -292,7 +299,56 @@ impl Widen for f16 {
     }
 }
 
-impl Widen for Q8Block {
+/// f16 rows by `vcvtph2ps` inlined into the AVX-512 attention (`half`'s slice conversion is a
+/// call with a feature check per row: it made f16 attention slower than f32's).
+#[cfg(target_arch = "x86_64")]
+struct WidenF16Avx512;
+
+#[cfg(target_arch = "x86_64")]
+impl Widen for WidenF16Avx512 {
+    type Elem = f16;
+    const PER: usize = 1;
+    #[inline(always)]
+    fn widen(src: &[f16], dst: &mut [f32]) {
+        // SAFETY: this type is used only by `attend_f16_avx512`, whose callers checked that
+        // the CPU has AVX-512 F (`check_isa`); lengths are checked inside.
+        unsafe { widen_f16_avx512(src, dst) }
+    }
+}
+
+/// # Safety
+/// AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn widen_f16_avx512(src: &[f16], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert_eq!(src.len(), dst.len());
+    let n = src.len();
+    let mut j = 0;
+    // SAFETY: `j + 16 <= n` for the full vectors, the masked tail reads and writes only lanes
+    // below `n`; AVX-512 F per this function's contract.
+    unsafe {
+        let (s, d) = (src.as_ptr().cast::<u16>(), dst.as_mut_ptr());
+        while j + 16 <= n {
+            _mm512_storeu_ps(
+                d.add(j),
+                _mm512_cvtph_ps(_mm256_loadu_si256(s.add(j).cast())),
+            );
+            j += 16;
+        }
+        if j < n {
+            let mask: __mmask16 = (1u16 << (n - j)) - 1;
+            let v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, s.add(j).cast()));
+            _mm512_mask_storeu_ps(d.add(j), mask, v);
+        }
+    }
+}
+
+struct WidenQ8;
+
+impl Widen for WidenQ8 {
+    type Elem = Q8Block;
     const PER: usize = Q8Block::LEN;
     #[inline(always)]
     fn widen(src: &[Q8Block], dst: &mut [f32]) {
@@ -317,7 +373,7 @@ impl KvElem for Q8Block {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above, AVX2.
             Isa::Avx2 => unsafe { attend_q8_avx2(q, keys, values, scale, scores, out) },
-            _ => attend_widen_generic(q, keys, values, scale, scores, out),
+            _ => attend_widen_generic::<WidenQ8>(q, keys, values, scale, scores, out),
         }
     }
     const MAX_HEAD_DIM: usize = WIDEN_MAX_HEAD_DIM;
@@ -356,7 +412,7 @@ impl KvElem for f16 {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above, AVX2.
             Isa::Avx2 => unsafe { attend_f16_avx2(q, keys, values, scale, scores, out) },
-            _ => attend_widen_generic(q, keys, values, scale, scores, out),
+            _ => attend_widen_generic::<WidenF16>(q, keys, values, scale, scores, out),
         }
     }
     const MAX_HEAD_DIM: usize = WIDEN_MAX_HEAD_DIM;
@@ -369,20 +425,20 @@ const WIDEN_MAX_HEAD_DIM: usize = 256;
 /// a stack buffer, then the same operations in the same order, so the bits of
 /// [`attend_generic`] over the widened cache.
 #[inline(always)]
-fn attend_widen_generic<T: Widen>(
+fn attend_widen_generic<W: Widen>(
     q: &[f32],
-    keys: &[T],
-    values: &[T],
+    keys: &[W::Elem],
+    values: &[W::Elem],
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     let hd = q.len();
     assert!(
-        hd <= WIDEN_MAX_HEAD_DIM && hd.is_multiple_of(T::PER),
+        hd <= WIDEN_MAX_HEAD_DIM && hd.is_multiple_of(W::PER),
         "attention over a compressed cache: head of {hd}"
     );
-    let row = hd / T::PER;
+    let row = hd / W::PER;
     let len = scores.len();
     let mut kb = [0.0f32; WIDEN_MAX_HEAD_DIM];
     let kb = &mut kb[..hd];
@@ -392,7 +448,7 @@ fn attend_widen_generic<T: Widen>(
             prefetch(&keys[(j + KV_AHEAD) * row..][..row]);
         }
         prefetch(&values[j * row..][..row]);
-        T::widen(&keys[j * row..][..row], kb);
+        W::widen(&keys[j * row..][..row], kb);
         *sj = dot16_generic(q, kb) * scale;
         max = max.max(*sj);
     }
@@ -409,7 +465,7 @@ fn attend_widen_generic<T: Widen>(
     let (sr, vr) = (sc4.remainder(), vc4.remainder());
     for (w, v16) in sc4.zip(vc4) {
         let v = &mut vb[..4 * hd];
-        T::widen(v16, v);
+        W::widen(v16, v);
         let (w0, w1, w2, w3) = (w[0] * inv, w[1] * inv, w[2] * inv, w[3] * inv);
         let (v0, rest) = v.split_at(hd);
         let (v1, rest) = rest.split_at(hd);
@@ -425,7 +481,7 @@ fn attend_widen_generic<T: Widen>(
     }
     for (&w, v16) in sr.iter().zip(vr.chunks_exact(row)) {
         let v = &mut vb[..hd];
-        T::widen(v16, v);
+        W::widen(v16, v);
         let w = w * inv;
         for (o, &x) in out.iter_mut().zip(&*v) {
             *o += w * x;
@@ -443,7 +499,7 @@ fn attend_f16_avx512(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    attend_widen_generic(q, keys, values, scale, scores, out)
+    attend_widen_generic::<WidenF16Avx512>(q, keys, values, scale, scores, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -456,7 +512,7 @@ fn attend_f16_avx2(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    attend_widen_generic(q, keys, values, scale, scores, out)
+    attend_widen_generic::<WidenF16>(q, keys, values, scale, scores, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -469,7 +525,7 @@ fn attend_q8_avx512(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    attend_widen_generic(q, keys, values, scale, scores, out)
+    attend_widen_generic::<WidenQ8>(q, keys, values, scale, scores, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -482,7 +538,7 @@ fn attend_q8_avx2(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    attend_widen_generic(q, keys, values, scale, scores, out)
+    attend_widen_generic::<WidenQ8>(q, keys, values, scale, scores, out)
 }
 
 /// [`attention`] for the rows of several sequences in one pool job (a batched decode step):

@@ -35,6 +35,9 @@ pub struct GenRequest {
     pub stream: bool,
     pub include_usage: bool,
     pub ignore_eos: bool,
+    /// Log-probabilities of the sampled tokens with this many alternatives each (chat:
+    /// `logprobs: true` and `top_logprobs`; completions: `logprobs: N`); `None`: not asked.
+    pub logprobs: Option<usize>,
     pub user: Option<String>,
 }
 
@@ -152,6 +155,36 @@ pub fn parse(body: &[u8], kind: Kind) -> Result<GenRequest, ApiError> {
             ))
         }
     };
+    let logprobs = match kind {
+        Kind::Chat => {
+            let top = opt_u64(&o, "top_logprobs")?;
+            if top.is_some_and(|t| t > 20) {
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    "top_logprobs is out of range: 0 to 20",
+                ));
+            }
+            match (opt_bool(&o, "logprobs", "logprobs")?.unwrap_or(false), top) {
+                (true, t) => Some(t.unwrap_or(0) as usize),
+                (false, Some(_)) => {
+                    return Err(ApiError::invalid(
+                        "top_logprobs",
+                        "top_logprobs requires logprobs: true",
+                    ))
+                }
+                (false, None) => None,
+            }
+        }
+        Kind::Completion => match opt_u64(&o, "logprobs")? {
+            Some(n) if n > 5 => {
+                return Err(ApiError::invalid(
+                    "logprobs",
+                    format!("logprobs = {n} is out of range: 0 to 5"),
+                ))
+            }
+            n => n.map(|n| n as usize),
+        },
+    };
     Ok(GenRequest {
         model: opt_str(&o, "model")?,
         input,
@@ -171,6 +204,7 @@ pub fn parse(body: &[u8], kind: Kind) -> Result<GenRequest, ApiError> {
         stream: opt_bool(&o, "stream", "stream")?.unwrap_or(false),
         include_usage,
         ignore_eos: opt_bool(&o, "ignore_eos", "ignore_eos")?.unwrap_or(false),
+        logprobs,
         user: opt_str(&o, "user")?,
     })
 }

@@ -49,11 +49,21 @@ impl Finish {
     }
 }
 
+/// A sampled token's log-probability under the model (log-softmax of the raw logits: before
+/// penalties, temperature and truncation, as vLLM reports by default), and the `top` most
+/// likely tokens with theirs, most likely first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
 /// What the engine sends back for a job.
 #[derive(Debug)]
 pub enum Event {
-    /// A generated token (stop tokens are not sent: they end the sequence).
-    Token(u32),
+    /// A generated token (stop tokens are not sent: they end the sequence), with its
+    /// log-probability when the job asked for them.
+    Token(u32, Option<TokenLogprob>),
     /// The end; `generated` counts every sampled token, the stop token included.
     Done {
         finish: Finish,
@@ -72,6 +82,8 @@ pub struct Job {
     pub frequency_penalty: f32,
     pub presence_penalty: f32,
     pub ignore_eos: bool,
+    /// Send each token's log-probability and this many top alternatives (`None`: none).
+    pub logprobs: Option<usize>,
     pub events: UnboundedSender<Event>,
     /// When the request arrived (time to first token counts from here).
     pub arrived: Instant,
@@ -467,8 +479,13 @@ enum Step {
 impl Seq {
     /// Samples the next token from `self.logits` and sends it.
     fn sample_and_send(&mut self, loaded: &Loaded, metrics: &Metrics) -> Step {
+        let lp = self
+            .job
+            .logprobs
+            .map(|top| LogSoftmax::new(&self.logits, top));
         self.apply_penalties();
         let tok = self.sampler.sample(&mut self.logits, &[]);
+        let lp = lp.map(|l| l.of(tok));
         let now = Instant::now();
         match self.last_at {
             None => metrics.ttft.observe(now - self.job.arrived),
@@ -486,7 +503,7 @@ impl Seq {
             let _ = self.job.events.send(done(Finish::Stop));
             return Step::Done;
         }
-        if self.job.events.send(Event::Token(tok)).is_err() {
+        if self.job.events.send(Event::Token(tok, lp)).is_err() {
             return Step::Cancelled;
         }
         if self.generated >= self.job.max_new {
@@ -509,5 +526,71 @@ impl Seq {
                 *l -= f * c as f32 + p;
             }
         }
+    }
+}
+
+/// The log-softmax of one row of logits, kept as what a [`TokenLogprob`] needs: the
+/// normaliser, the top tokens, and the raw logits (the sampler changes its copy in place).
+struct LogSoftmax {
+    lse: f32,
+    top: Vec<(u32, f32)>,
+    raw: Vec<f32>,
+}
+
+impl LogSoftmax {
+    fn new(logits: &[f32], top: usize) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
+        let lse = max + sum.ln() as f32;
+        // The `top` largest, ties by lower id.
+        let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+        let by = |a: &u32, b: &u32| {
+            logits[*b as usize]
+                .total_cmp(&logits[*a as usize])
+                .then(a.cmp(b))
+        };
+        let k = top.min(idx.len());
+        if k > 0 && k < idx.len() {
+            idx.select_nth_unstable_by(k - 1, by);
+        }
+        idx.truncate(k);
+        idx.sort_by(by);
+        LogSoftmax {
+            lse,
+            top: idx
+                .into_iter()
+                .map(|t| (t, logits[t as usize] - lse))
+                .collect(),
+            raw: logits.to_vec(),
+        }
+    }
+
+    fn of(self, tok: u32) -> TokenLogprob {
+        TokenLogprob {
+            logprob: self
+                .raw
+                .get(tok as usize)
+                .map_or(f32::NEG_INFINITY, |l| l - self.lse),
+            top: self.top,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogSoftmax;
+
+    #[test]
+    fn log_softmax_and_top_tokens() {
+        let l = [1.0f32, 3.0, 2.0, 3.0];
+        let lse = (1.0f64.exp() + 2.0 * 3.0f64.exp() + 2.0f64.exp()).ln() as f32;
+        let t = LogSoftmax::new(&l, 3).of(2);
+        assert!((t.logprob - (2.0 - lse)).abs() < 1e-6);
+        let ids: Vec<u32> = t.top.iter().map(|p| p.0).collect();
+        assert_eq!(ids, [1, 3, 2], "most likely first, ties by id");
+        let total: f32 = l.iter().map(|&x| (x - lse).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+        assert!(LogSoftmax::new(&l, 0).of(0).top.is_empty());
+        assert_eq!(LogSoftmax::new(&l, 10).of(0).top.len(), 4);
     }
 }

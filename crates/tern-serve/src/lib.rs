@@ -2,7 +2,7 @@
 //!
 //! - [`api`]: request bodies parsed field by field (errors name the field);
 //! - [`engine`]: one engine thread per model, fed by a bounded queue;
-//! - [`text`]: tokens to text, stop strings;
+//! - [`text`]: tokens to text, stop strings; [`logprobs`]: their two response shapes;
 //! - [`routes`]: the endpoints and the SSE stream, and the chat page at `/`
 //!   (`static/chat.html`);
 //! - [`metrics`], [`error`]: `/metrics` and OpenAI's error shape.
@@ -13,6 +13,7 @@
 pub mod api;
 pub mod engine;
 pub mod error;
+pub mod logprobs;
 pub mod metrics;
 pub mod routes;
 pub mod text;

@@ -4,6 +4,7 @@
 use crate::api::{self, GenRequest, Input, Kind};
 use crate::engine::{EngineHandle, Event, Finish, Job};
 use crate::error::{json_response, ApiError};
+use crate::logprobs::Logprobs;
 use crate::text::TextOut;
 use crate::App;
 use axum::body::{Body, Bytes};
@@ -148,6 +149,7 @@ impl Meta {
         role: bool,
         finish: Option<Finish>,
         usage: Option<Value>,
+        logprobs: Value,
     ) -> Value {
         let finish = finish.map(Finish::as_str);
         match self.kind {
@@ -162,24 +164,24 @@ impl Meta {
                 json!({
                     "id": self.id, "object": "chat.completion.chunk", "created": self.created,
                     "model": self.model, "system_fingerprint": null,
-                    "choices": [{"index": 0, "delta": d, "logprobs": null, "finish_reason": finish}],
+                    "choices": [{"index": 0, "delta": d, "logprobs": logprobs, "finish_reason": finish}],
                     "usage": usage,
                 })
             }
             Kind::Completion => json!({
                 "id": self.id, "object": "text_completion", "created": self.created,
                 "model": self.model, "system_fingerprint": null,
-                "choices": [{"index": 0, "text": delta.unwrap_or(""), "logprobs": null, "finish_reason": finish}],
+                "choices": [{"index": 0, "text": delta.unwrap_or(""), "logprobs": logprobs, "finish_reason": finish}],
                 "usage": usage,
             }),
         }
     }
 
-    fn whole(&self, text: &str, finish: Finish, completion: usize) -> Value {
+    fn whole(&self, text: &str, finish: Finish, completion: usize, logprobs: Value) -> Value {
         let choice = match self.kind {
             Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text},
-                                 "logprobs": null, "finish_reason": finish.as_str()}),
-            Kind::Completion => json!({"index": 0, "text": text, "logprobs": null,
+                                 "logprobs": logprobs, "finish_reason": finish.as_str()}),
+            Kind::Completion => json!({"index": 0, "text": text, "logprobs": logprobs,
                                        "finish_reason": finish.as_str()}),
         };
         let object = match self.kind {
@@ -280,6 +282,7 @@ async fn generate(
         frequency_penalty,
         presence_penalty,
         ignore_eos,
+        logprobs: req.logprobs,
         events: tx,
         arrived,
     })?;
@@ -328,11 +331,13 @@ async fn whole(
         .require_tokenizer()
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let mut out = TextOut::new(tok, &req.stop);
+    let mut lps = Logprobs::new(meta.kind, tok, req.logprobs.is_some());
     let mut generated = 0;
     let finish = loop {
         match rx.recv().await {
-            Some(Event::Token(t)) => {
+            Some(Event::Token(t, lp)) => {
                 generated += 1;
+                lps.push(t, lp);
                 out.push(t);
                 if out.stopped {
                     break Finish::Stop;
@@ -352,7 +357,7 @@ async fn whole(
     };
     Ok(json_response(
         StatusCode::OK,
-        &meta.whole(out.text(), finish, generated),
+        &meta.whole(out.text(), finish, generated, lps.take()),
     ))
 }
 
@@ -372,11 +377,12 @@ fn stream(
             return;
         };
         let mut out = TextOut::new(tok, &req.stop);
+        let mut lps = Logprobs::new(meta.kind, tok, req.logprobs.is_some());
         let nu = || req.include_usage.then_some(Value::Null);
         // Chat streams open with the assistant's role, as OpenAI's do.
         if meta.kind == Kind::Chat
             && frames
-                .send(send(&meta.chunk(Some(""), true, None, nu())))
+                .send(send(&meta.chunk(Some(""), true, None, nu(), lps.take())))
                 .await
                 .is_err()
         {
@@ -385,15 +391,22 @@ fn stream(
         let mut generated = 0;
         let (finish, tail) = loop {
             match rx.recv().await {
-                Some(Event::Token(t)) => {
+                Some(Event::Token(t, lp)) => {
                     generated += 1;
+                    lps.push(t, lp);
                     let delta = out.push(t);
                     if out.stopped {
                         break (Finish::Stop, delta);
                     }
                     if !delta.is_empty()
                         && frames
-                            .send(send(&meta.chunk(Some(&delta), false, None, nu())))
+                            .send(send(&meta.chunk(
+                                Some(&delta),
+                                false,
+                                None,
+                                nu(),
+                                lps.take(),
+                            )))
                             .await
                             .is_err()
                     {
@@ -417,9 +430,15 @@ fn stream(
         };
         drop(rx);
         let delta = (!tail.is_empty()).then_some(tail.as_str());
-        let mut last = vec![send(&meta.chunk(delta, false, Some(finish), nu()))];
+        let mut last = vec![send(&meta.chunk(
+            delta,
+            false,
+            Some(finish),
+            nu(),
+            lps.take(),
+        ))];
         if req.include_usage {
-            let mut u = meta.chunk(None, false, None, Some(meta.usage(generated)));
+            let mut u = meta.chunk(None, false, None, Some(meta.usage(generated)), Value::Null);
             u["choices"] = json!([]);
             last.push(send(&u));
         }

@@ -46,6 +46,31 @@ streamed = "".join(
 )
 assert streamed == c.choices[0].text, (streamed, c.choices[0].text)
 
+# Log-probabilities: chat (content entries with top alternatives), streamed the same, and
+# completions' legacy shape.
+lp = client.chat.completions.create(model=model, messages=msgs, max_tokens=6, temperature=0,
+                                    logprobs=True, top_logprobs=2)
+content = lp.choices[0].logprobs.content
+assert len(content) == lp.usage.completion_tokens or lp.choices[0].finish_reason == "stop", lp
+for e in content:
+    assert e.logprob <= 0 and len(e.top_logprobs) == 2, e
+    # Greedy: the chosen token is the most likely one.
+    assert abs(e.logprob - e.top_logprobs[0].logprob) < 1e-6, e
+    assert bytes(e.bytes) == e.token.encode(), e
+streamed = []
+for chunk in client.chat.completions.create(model=model, messages=msgs, max_tokens=6,
+                                            temperature=0, logprobs=True, top_logprobs=2,
+                                            stream=True):
+    for ch in chunk.choices:
+        if ch.logprobs is not None and ch.logprobs.content:
+            streamed += ch.logprobs.content
+assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
+cl = client.completions.create(model=model, prompt="The state of the Union is", max_tokens=4,
+                               temperature=0, logprobs=3)
+l = cl.choices[0].logprobs
+assert len(l.tokens) == len(l.token_logprobs) == len(l.top_logprobs) == len(l.text_offset)
+assert all(len(t) <= 3 for t in l.top_logprobs) and all(x <= 0 for x in l.token_logprobs), l
+
 
 def expect(exc, fn):
     try:

@@ -697,3 +697,136 @@ fn the_kv_budget_bounds_the_sequences_in_flight() {
     wait_idle(a);
     assert_eq!(metric(a, "tern_kv_used_bytes"), 0.0);
 }
+
+/// `logprobs` against the engine itself: each greedy token's log-probability equals the
+/// log-softmax of `Session::logits_all` over prompt + generated tokens (to f32 rounding: the
+/// full-sequence head sums in another order), its top alternatives are the largest, and the
+/// chat and completion shapes agree; the fields are checked.
+#[test]
+fn logprobs_are_the_models_log_softmax() {
+    let a = server();
+    let prompt = "The state of the Union is";
+    let r = post(
+        a,
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 6, "temperature": 0, "logprobs": 3, "ignore_eos": true}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let l = &v["choices"][0]["logprobs"];
+    let lps: Vec<f64> = l["token_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(lps.len(), 6);
+    assert_eq!(l["tokens"].as_array().unwrap().len(), 6);
+    let offsets: Vec<u64> = l["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets[0], 0);
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
+    // The generated ids, from the single-stream reference (greedy, same KV type).
+    let mut s = reference_session(Config::default().kv_type);
+    s.state.reset();
+    let ids = encode_with(&s, prompt);
+    let mut gen = Vec::new();
+    let p = GenParams {
+        max_new: 6,
+        sampling: SamplerConfig::greedy(),
+        ignore_eos: true,
+    };
+    s.generate(&ids, &p, |t| {
+        gen.push(t);
+        true
+    })
+    .unwrap();
+    let all: Vec<u32> = ids.iter().chain(&gen).copied().collect();
+    s.state.reset();
+    let logits = s.logits_all(&all[..all.len() - 1]).unwrap().to_vec();
+    let vocab = logits.len() / (all.len() - 1);
+    for (k, (&t, &got)) in gen.iter().zip(&lps).enumerate() {
+        let row = &logits[(ids.len() - 1 + k) * vocab..][..vocab];
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = max
+            + row
+                .iter()
+                .map(|&x| (x as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        let want = row[t as usize] as f64 - lse;
+        assert!((got - want).abs() < 2e-3, "token {k}: {got} vs {want}");
+        let top = l["top_logprobs"][k].as_object().unwrap();
+        assert_eq!(top.len(), 3);
+        let best = top
+            .values()
+            .map(|x| x.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        assert!(
+            (best - got).abs() < 1e-6,
+            "greedy picks the most likely token"
+        );
+    }
+    drop(s);
+    // Chat: one entry per token, streamed the same as whole.
+    let body = json!({"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 5,
+        "temperature": 0, "logprobs": true, "top_logprobs": 2, "ignore_eos": true});
+    let whole = post(a, "/v1/chat/completions", &body).json();
+    let content = whole["choices"][0]["logprobs"]["content"].clone();
+    assert_eq!(content.as_array().unwrap().len(), 5);
+    assert_eq!(content[0]["top_logprobs"].as_array().unwrap().len(), 2);
+    let mut sbody = body.clone();
+    sbody["stream"] = true.into();
+    let ev = events(&post(a, "/v1/chat/completions", &sbody).body);
+    let streamed: Vec<Value> = ev[..ev.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .flat_map(|c| {
+            c["choices"][0]["logprobs"]["content"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(Value::Array(streamed), content);
+    // Not asked: null.
+    let plain = post(
+        a,
+        "/v1/completions",
+        &json!({"prompt": "x", "max_tokens": 1}),
+    );
+    assert!(plain.json()["choices"][0]["logprobs"].is_null());
+    // Bad values name the field.
+    let msgs = json!([{"role": "user", "content": "x"}]);
+    check(
+        post(
+            a,
+            "/v1/chat/completions",
+            &json!({"messages": msgs, "top_logprobs": 2}),
+        ),
+        400,
+        "requires logprobs",
+    );
+    check(
+        post(
+            a,
+            "/v1/chat/completions",
+            &json!({"messages": msgs, "logprobs": true, "top_logprobs": 21}),
+        ),
+        400,
+        "top_logprobs",
+    );
+    check(
+        post(a, "/v1/completions", &json!({"prompt": "x", "logprobs": 6})),
+        400,
+        "logprobs",
+    );
+}
+
+fn encode_with(s: &Session, text: &str) -> Vec<u32> {
+    s.encode(text).unwrap()
+}

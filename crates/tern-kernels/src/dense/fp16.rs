@@ -78,7 +78,17 @@ pub fn gemv_f16_rows_with(
         gemv(w, m, k, x, y, pool, isa);
         return;
     }
-    super::gemv_rows(w, (m, k), x, n, y, pool, isa, rows_f16);
+    super::gemv_rows(
+        w,
+        (m, k),
+        x,
+        n,
+        y,
+        pool,
+        isa,
+        rows_f16,
+        Some(rows_f16_multi),
+    );
 }
 
 /// `y[o] = dot(w row o, x)` for the `y.len()` rows in `w` (`w.len() == y.len() * k`).
@@ -131,6 +141,175 @@ unsafe fn rows_f16_avx512(w: &[f16], k: usize, x: &[f32], y: &mut [f32]) {
         for (o, yo) in y.iter_mut().enumerate() {
             *yo = dot_rows_avx512::<1>(wp.add(o * k), k, x.as_ptr())[0];
         }
+    }
+}
+
+/// [`rows_f16`] for `n` activation rows `x` (`[n][k]`) into `out` (`[n][w rows]`): on
+/// AVX-512 in register tiles of 2 weight rows x 4 activation rows (the batched LM head was
+/// bound by weight conversions repeated per activation row and by activation loads repeated
+/// per weight row); every dot product has the bits of `rows_f16` of its row.
+fn rows_f16_multi(w: &[f16], k: usize, x: &[f32], n: usize, out: &mut [f32], isa: Isa) {
+    let m = w.len() / k.max(1);
+    debug_assert!(w.len() == m * k && x.len() == n * k && out.len() == n * m);
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && k > 0 {
+        // SAFETY: every caller checked that the CPU supports AVX-512 (`check_isa`); the
+        // lengths are asserted by `gemv_rows`.
+        unsafe { rows_f16_multi_avx512(w, k, x, n, out) };
+        return;
+    }
+    for t in 0..n {
+        rows_f16(
+            w,
+            k,
+            &x[t * k..(t + 1) * k],
+            &mut out[t * m..(t + 1) * m],
+            isa,
+        );
+    }
+}
+
+/// # Safety
+/// AVX-512 F/BW/VL; `w.len() == m * k`, `x.len() == n * k`, `out.len() == n * m`, `k > 0`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn rows_f16_multi_avx512(w: &[f16], k: usize, x: &[f32], n: usize, out: &mut [f32]) {
+    let m = w.len() / k;
+    let wp = w.as_ptr().cast::<u16>();
+    // Tiles of R weight rows x T activation rows: each weight chunk is converted once for T
+    // rows, each activation chunk loaded once for R rows (2 x 4: 16 accumulators, 8 weight
+    // and 4 activation registers of the 32).
+    macro_rules! tile {
+        ($r:literal, $t:literal, $o:expr, $t0:expr) => {{
+            let (o, t0) = ($o, $t0);
+            let xs: [*const f32; $t] = std::array::from_fn(|i| x[(t0 + i) * k..].as_ptr());
+            // SAFETY: rows `o..o + R` of `w` and `t0..t0 + T` of `x` are in bounds (the
+            // loops below stay inside `m` and `n`); AVX-512 as this function's contract.
+            let d = unsafe { dot_tile_avx512::<$r, $t>(wp.add(o * k), k, xs) };
+            for (r, row) in d.iter().enumerate() {
+                for (i, &v) in row.iter().enumerate() {
+                    out[(t0 + i) * m + o + r] = v;
+                }
+            }
+        }};
+    }
+    let mut t0 = 0;
+    while t0 < n {
+        let left = n - t0;
+        let mut o = 0;
+        while o + 2 <= m {
+            match left {
+                1 => tile!(2, 1, o, t0),
+                2 => tile!(2, 2, o, t0),
+                3 => tile!(2, 3, o, t0),
+                _ => tile!(2, 4, o, t0),
+            }
+            o += 2;
+        }
+        if o < m {
+            match left {
+                1 => tile!(1, 1, o, t0),
+                2 => tile!(1, 2, o, t0),
+                3 => tile!(1, 3, o, t0),
+                _ => tile!(1, 4, o, t0),
+            }
+        }
+        t0 += left.min(4);
+    }
+}
+
+/// The dot products of `R` consecutive f16 rows (`k` apart from `w`) with `T` activation rows,
+/// `[R][T]`: every pair with exactly the operations of [`dot_rows_avx512`]`::<1>` (same two
+/// accumulators, same order, same reduction), so the same bits; each weight chunk is
+/// converted once for all `T` rows and each activation chunk loaded once for all `R` rows.
+///
+/// # Safety
+/// AVX-512 F/BW/VL; `w .. w + R*k` and each `x[i] .. x[i] + k` readable.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[allow(clippy::needless_range_loop)] // tile indices read clearer than zipped iterators
+unsafe fn dot_tile_avx512<const R: usize, const T: usize>(
+    w: *const u16,
+    k: usize,
+    x: [*const f32; T],
+) -> [[f32; T]; R] {
+    // SAFETY: this function's own contract (its callers guarantee the CPU features it
+    // is compiled for and the in-bounds pointers and lengths its doc states).
+    unsafe {
+        let mut a0 = [[_mm512_setzero_ps(); T]; R];
+        let mut a1 = [[_mm512_setzero_ps(); T]; R];
+        let mut j = 0;
+        while j + 64 <= k {
+            let mut wv = [[_mm512_setzero_ps(); 4]; R];
+            for (r, wr) in wv.iter_mut().enumerate() {
+                let p = w.add(r * k + j);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_F16).cast());
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_F16 + 32).cast());
+                let l0 = _mm512_loadu_si512(p.cast());
+                let l1 = _mm512_loadu_si512(p.add(32).cast());
+                *wr = [
+                    _mm512_cvtph_ps(_mm512_castsi512_si256(l0)),
+                    _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(l0)),
+                    _mm512_cvtph_ps(_mm512_castsi512_si256(l1)),
+                    _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(l1)),
+                ];
+            }
+            for i in 0..T {
+                let xi = x[i].add(j);
+                let xv = [
+                    _mm512_loadu_ps(xi),
+                    _mm512_loadu_ps(xi.add(16)),
+                    _mm512_loadu_ps(xi.add(32)),
+                    _mm512_loadu_ps(xi.add(48)),
+                ];
+                for r in 0..R {
+                    a0[r][i] = _mm512_fmadd_ps(wv[r][0], xv[0], a0[r][i]);
+                    a1[r][i] = _mm512_fmadd_ps(wv[r][1], xv[1], a1[r][i]);
+                    a0[r][i] = _mm512_fmadd_ps(wv[r][2], xv[2], a0[r][i]);
+                    a1[r][i] = _mm512_fmadd_ps(wv[r][3], xv[3], a1[r][i]);
+                }
+            }
+            j += 64;
+        }
+        while j + 32 <= k {
+            for r in 0..R {
+                let p = w.add(r * k + j);
+                let w0 = _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()));
+                let w1 = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(16).cast()));
+                for i in 0..T {
+                    a0[r][i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x[i].add(j)), a0[r][i]);
+                    a1[r][i] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x[i].add(j + 16)), a1[r][i]);
+                }
+            }
+            j += 32;
+        }
+        if j + 16 <= k {
+            for r in 0..R {
+                let w0 = _mm512_cvtph_ps(_mm256_loadu_si256(w.add(r * k + j).cast()));
+                for i in 0..T {
+                    a0[r][i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x[i].add(j)), a0[r][i]);
+                }
+            }
+            j += 16;
+        }
+        if j < k {
+            let mask: __mmask16 = (1u16 << (k - j)) - 1;
+            for r in 0..R {
+                let w0 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w.add(r * k + j).cast()));
+                for i in 0..T {
+                    let x0 = _mm512_maskz_loadu_ps(mask, x[i].add(j));
+                    a1[r][i] = _mm512_fmadd_ps(w0, x0, a1[r][i]);
+                }
+            }
+        }
+        let mut out = [[0.0; T]; R];
+        for r in 0..R {
+            for i in 0..T {
+                out[r][i] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r][i], a1[r][i]));
+            }
+        }
+        out
     }
 }
 

@@ -70,7 +70,7 @@ pub fn gemv_f32_rows_with(
         gemv(w, m, k, x, y, pool, isa);
         return;
     }
-    super::gemv_rows(w, (m, k), x, n, y, pool, isa, rows_f32);
+    super::gemv_rows(w, (m, k), x, n, y, pool, isa, rows_f32, None);
 }
 
 /// `y[o] = dot(w row o, x)` for the `y.len()` rows in `w` (`w.len() == y.len() * k`).

@@ -128,6 +128,7 @@ fn gemv_rows<T: Sync>(
     pool: &ThreadPool,
     isa: crate::cpu::Isa,
     rows: fn(&[T], usize, &[f32], &mut [f32], crate::cpu::Isa),
+    multi: Option<MultiRows<T>>,
 ) {
     assert_eq!(w.len(), m * k, "gemv_rows: w is not {m}x{k}");
     assert_eq!(x.len(), n * k, "gemv_rows: x is not {n}x{k}");
@@ -140,18 +141,37 @@ fn gemv_rows<T: Sync>(
     let parts = Cols::new(y, n, m, 1).align(ROW_UNIT);
     pool.run_split(tasks, parts, &|_, mut y| {
         let cols = y.cols();
+        // `[n][rows of the block]`, for `multi`.
+        let mut tmp = Vec::new();
         let mut r0 = cols.start;
         while r0 < cols.end {
             let r1 = (r0 + block).min(cols.end);
             let wb = &w[r0 * k..r1 * k];
-            for t in 0..n {
-                let out = &mut y.row(t)[r0 - cols.start..r1 - cols.start];
-                rows(wb, k, &x[t * k..(t + 1) * k], out, isa);
+            match multi {
+                Some(multi) => {
+                    let len = r1 - r0;
+                    tmp.resize(n * len, 0.0);
+                    multi(wb, k, x, n, &mut tmp, isa);
+                    for (t, part) in tmp.chunks_exact(len).enumerate() {
+                        y.row(t)[r0 - cols.start..r1 - cols.start].copy_from_slice(part);
+                    }
+                }
+                None => {
+                    for t in 0..n {
+                        let out = &mut y.row(t)[r0 - cols.start..r1 - cols.start];
+                        rows(wb, k, &x[t * k..(t + 1) * k], out, isa);
+                    }
+                }
             }
             r0 = r1;
         }
     });
 }
+
+/// A kernel of [`gemv_rows`] that takes every activation row at once:
+/// `out[t * rows + o] = dot(w row o, x row t)` with the bits of its `rows` kernel, the weights
+/// of the block converted once for all activation rows.
+type MultiRows<T> = fn(&[T], usize, &[f32], usize, &mut [f32], crate::cpu::Isa);
 
 #[cfg(test)]
 mod rows_tests {
