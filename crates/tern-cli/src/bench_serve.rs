@@ -113,6 +113,7 @@ pub fn run(a: &Args) -> Result<()> {
                     "gen": a.gen, "output_tokens": tokens, "wall_s": wall,
                     "output_tokens_per_s": tps, "ttft_p50_s": t50, "ttft_p99_s": t99,
                     "itl_p50_s": i50, "itl_p99_s": i99, "server_peak_rss_bytes": rss,
+                    "connection_retries": RETRIES.swap(0, std::sync::atomic::Ordering::Relaxed),
                 })
             );
         } else {
@@ -163,29 +164,22 @@ fn request(addr: SocketAddr, a: &Args, i: usize, gen: usize) -> Result<Timing> {
         body["model"] = m.clone().into();
     }
     let body = body.to_string();
-    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(600)))?;
-    s.set_nodelay(true)?;
     let t0 = Instant::now();
-    write!(
-        s,
-        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let status = line.split_whitespace().nth(1).unwrap_or("").to_string();
-    let mut chunked = false;
-    loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 || line == "\r\n" {
-            break;
+    // A connection the server resets before answering (an overflowing accept queue) is tried
+    // again, up to 10 times; the time counts toward this request's TTFT.
+    let mut attempt = 0;
+    let (r, status, chunked) = loop {
+        attempt += 1;
+        match send(addr, &body) {
+            Ok(x) => break x,
+            Err(e) if attempt < 10 && is_reset(&e) => {
+                RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e).with_context(|| format!("request {i}")),
         }
-        let l = line.to_ascii_lowercase();
-        chunked |= l.starts_with("transfer-encoding:") && l.contains("chunked");
-    }
+    };
+    let mut r = r;
     if status != "200" {
         let mut rest = String::new();
         let _ = r.read_to_string(&mut rest);
@@ -235,6 +229,47 @@ fn request(addr: SocketAddr, a: &Args, i: usize, gen: usize) -> Result<Timing> {
         gaps,
         tokens: gen,
     })
+}
+
+/// Connections the server reset before answering, retried (all runs of the process).
+static RETRIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn is_reset(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+    )
+}
+
+/// Sends the request; returns the body reader after the headers, the status and whether the
+/// body is chunked.
+fn send(addr: SocketAddr, body: &str) -> std::io::Result<(BufReader<TcpStream>, String, bool)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(600)))?;
+    s.set_nodelay(true)?;
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let status = line.split_whitespace().nth(1).unwrap_or("").to_string();
+    let mut chunked = false;
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        let l = line.to_ascii_lowercase();
+        chunked |= l.starts_with("transfer-encoding:") && l.contains("chunked");
+    }
+    Ok((r, status, chunked))
 }
 
 /// `data:` payloads of a server-sent event stream, over a chunked or plain body.

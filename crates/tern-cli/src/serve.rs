@@ -36,6 +36,12 @@ pub struct Args {
     /// reserves its prompt + max_tokens. Default: --parallel sequences of the full --ctx.
     #[arg(long, value_parser = parse_bytes)]
     pub kv_budget: Option<usize>,
+    /// Token rows per batched step: one per decoding sequence, the rest chunks of waiting
+    /// prompts (vLLM's max_num_batched_tokens). Lower: steadier inter-token latency while
+    /// prompts arrive; higher: faster prefill.
+    #[arg(long, default_value_t = 64,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub step_tokens: usize,
     /// Require "Authorization: Bearer KEY" on /v1/* (/health and /metrics stay open).
     #[arg(long)]
     pub api_key: Option<String>,
@@ -67,6 +73,7 @@ pub fn run(a: &Args) -> Result<()> {
         parallel: a.parallel,
         kv_type: a.kv_type.into(),
         kv_budget: a.kv_budget.unwrap_or(0),
+        step_tokens: a.step_tokens,
         api_key: a.api_key.clone(),
         body_limit: a.body_limit,
         shutdown_grace: std::time::Duration::from_secs(a.grace),

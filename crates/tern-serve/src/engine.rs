@@ -142,12 +142,14 @@ fn kv_bytes(c: &tern_model::ModelConfig, ty: KvType, capacity: usize) -> usize {
 }
 
 /// How an engine runs: sequences at once, waiting jobs, KV budget (bytes; 0 = `parallel`
-/// full-context caches).
+/// full-context caches), token rows per step (decodes first, then prompt chunks; at least
+/// `parallel`).
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub parallel: usize,
     pub max_queue: usize,
     pub kv_budget: usize,
+    pub step_tokens: usize,
 }
 
 /// Starts the engine thread of `session` (its KV type is the session's), named `name`.
@@ -191,7 +193,7 @@ pub fn spawn(
                 kv_type,
                 kv_budget,
                 kv_active: 0,
-                max_rows: MAX_ROWS.max(parallel),
+                max_rows: limits.step_tokens.max(parallel).max(1),
                 metrics,
                 session,
             };
@@ -199,11 +201,6 @@ pub fn spawn(
         })?;
     Ok(handle)
 }
-
-/// Rows (prompt tokens of prefilling sequences plus one per decoding sequence) one batched
-/// step runs at most (or `parallel`, if larger): a long prompt is prefilled in chunks between
-/// the others' decode steps (chunked prefill), so it does not stall them.
-const MAX_ROWS: usize = 256;
 
 struct Engine {
     session: Session,

@@ -88,6 +88,10 @@ pub struct Config {
     /// Bytes of KV cache each engine's active sequences may hold (0 = `parallel` sequences
     /// of the full context).
     pub kv_budget: usize,
+    /// Token rows one batched step runs at most (one per decoding sequence, the rest prompt
+    /// chunks: vLLM's `max_num_batched_tokens`). Smaller keeps a long prompt from stalling
+    /// the others' tokens; larger prefills faster.
+    pub step_tokens: usize,
     pub api_key: Option<String>,
     /// Largest request body in bytes; larger get 413.
     pub body_limit: usize,
@@ -107,6 +111,7 @@ impl Default for Config {
             parallel: 16,
             kv_type: KvType::F16,
             kv_budget: 0,
+            step_tokens: 64,
             api_key: None,
             body_limit: 1 << 20,
             shutdown_grace: Duration::from_secs(10),
@@ -183,6 +188,7 @@ pub fn load(config: &Config) -> Result<Arc<App>> {
             parallel: config.parallel,
             max_queue: config.max_queue,
             kv_budget: config.kv_budget,
+            step_tokens: config.step_tokens,
         };
         let h = engine::spawn(spec.name.clone(), session, limits, metrics.clone())?;
         engines.push(Arc::new(h));
