@@ -1,6 +1,6 @@
 //! `tern serve`: the OpenAI-compatible server of `tern-serve` (docs/serving.md).
 
-use crate::run::KvArg;
+use crate::run::{HeadArg, KvArg};
 use anyhow::Result;
 use tern_serve::{Config, ModelSpec};
 
@@ -29,6 +29,10 @@ pub struct Args {
     #[arg(long, short = 'p', default_value_t = 16,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub parallel: usize,
+    /// LM head precision: f16 (the checkpoint's) or int8 (per-row; 4x fewer bytes and, in a
+    /// batched step, int8 dot products).
+    #[arg(long, value_enum, default_value_t = HeadArg::F16)]
+    pub head: HeadArg,
     /// KV cache element type (llama.cpp's -ctk/-ctv names).
     #[arg(long, value_enum, default_value_t = KvArg::F16)]
     pub kv_type: KvArg,
@@ -72,6 +76,7 @@ pub fn run(a: &Args) -> Result<()> {
         max_queue: a.max_queue,
         parallel: a.parallel,
         kv_type: a.kv_type.into(),
+        head: a.head.into(),
         kv_budget: a.kv_budget.unwrap_or(0),
         step_tokens: a.step_tokens,
         api_key: a.api_key.clone(),

@@ -243,6 +243,29 @@ impl GgufFile {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
 
+    /// Lets the pages of tensor `name` go from this process's memory: a hint for loaders that
+    /// copied (repacked) the data, so that the file's pages do not stay resident beside the
+    /// copy (the peak RSS of a load would be file + model). The file stays mapped; a later
+    /// read faults the pages back in from it. Only whole pages inside the tensor are released.
+    pub fn release(&self, name: &str) {
+        let (Some(info), Backing::Mmap(m)) = (self.tensor_info(name), &self.backing) else {
+            return;
+        };
+        const PAGE: usize = 4096;
+        let start = (self.data_offset + info.offset).next_multiple_of(PAGE);
+        let end = (self.data_offset + info.offset + info.size) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: `m` is a read-only private mapping of a file (`Mmap::map`), never
+            // written through: MADV_DONTNEED only discards its pages, and any later read
+            // (through a `TensorData` borrowed before or after) faults the same file bytes
+            // back in. The range lies inside the mapping (offset + size were checked against
+            // the file length). Failure (e.g. another page size) just leaves the pages.
+            let _ = unsafe {
+                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+
     /// A tensor's bytes, borrowed from the mapping.
     pub fn tensor(&self, name: &str) -> Result<TensorData<'_>, GgufError> {
         let info = self.tensor_info(name).ok_or_else(|| GgufError::NoTensor {

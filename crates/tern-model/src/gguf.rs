@@ -408,15 +408,23 @@ impl GgufSource {
         cols: usize,
     ) -> Result<FloatTensor, ModelError> {
         let halves = || t.bytes.chunks_exact(2).map(|b| [b[0], b[1]]);
+        // F16 and BF16 are checked in their own type: no f32 copy of a large table (the
+        // embedding of a 128K vocabulary: 1.3 GB) just to look at it.
         let data = match t.ty {
             GgmlType::F32 => FloatData::F32(self.f32s(t)?),
             GgmlType::F16 => {
-                self.f32s(t)?;
-                FloatData::F16(halves().map(f16::from_le_bytes).collect())
+                let h: Vec<f16> = halves().map(f16::from_le_bytes).collect();
+                if let Some(i) = h.iter().position(|x| !x.is_finite()) {
+                    return Err(self.terr(t.name, format!("element {i} is {}", h[i].to_f32())));
+                }
+                FloatData::F16(h)
             }
             GgmlType::BF16 => {
-                self.f32s(t)?;
-                FloatData::BF16(halves().map(bf16::from_le_bytes).collect())
+                let h: Vec<bf16> = halves().map(bf16::from_le_bytes).collect();
+                if let Some(i) = h.iter().position(|x| !x.is_finite()) {
+                    return Err(self.terr(t.name, format!("element {i} is {}", h[i].to_f32())));
+                }
+                FloatData::BF16(h)
             }
             ty if ty.is_ternary() => FloatData::F32(self.f32s(t)?),
             ty => {
@@ -537,7 +545,10 @@ impl Source for GgufSource {
     fn embed(&self) -> Result<FloatTensor, ModelError> {
         let c = &self.info.config;
         let t = self.tensor(keys::TOKEN_EMBD, &[c.hidden_size, c.vocab_size])?;
-        self.float_tensor(&t, c.vocab_size, c.hidden_size)
+        let r = self.float_tensor(&t, c.vocab_size, c.hidden_size);
+        // Copied: the file's pages need not stay resident beside the copy.
+        self.f.release(keys::TOKEN_EMBD);
+        r
     }
 
     fn head(&self) -> Result<Option<FloatTensor>, ModelError> {
@@ -546,7 +557,9 @@ impl Source for GgufSource {
             return Ok(None);
         }
         let t = self.tensor(keys::OUTPUT, &[c.hidden_size, c.vocab_size])?;
-        self.float_tensor(&t, c.vocab_size, c.hidden_size).map(Some)
+        let r = self.float_tensor(&t, c.vocab_size, c.hidden_size).map(Some);
+        self.f.release(keys::OUTPUT);
+        r
     }
 
     fn final_norm(&self) -> Result<Vec<f32>, ModelError> {
@@ -572,13 +585,25 @@ impl Source for GgufSource {
         let sub = |name: &str, dim: usize| -> Result<Option<Vec<f32>>, ModelError> {
             c.sub_norms.then(|| self.norm(&p(name), dim)).transpose()
         };
-        Ok(LayerWeights {
+        let layer = Ok(LayerWeights {
             attn_norm: self.norm(&p(keys::ATTN_NORM), c.hidden_size)?,
             attn_sub_norm: sub(keys::ATTN_SUB_NORM, c.q_dim())?,
             ffn_norm: self.norm(&p(keys::FFN_NORM), c.hidden_size)?,
             ffn_sub_norm: sub(keys::FFN_SUB_NORM, c.intermediate_size)?,
             projs,
-        })
+        });
+        // The layer is copied (unpacked): let its file pages go, so that a load's peak
+        // memory is the model plus one layer, not the model plus the file.
+        let prefix = format!("blk.{i}.");
+        for t in self
+            .f
+            .tensors()
+            .iter()
+            .filter(|t| t.name.starts_with(&prefix))
+        {
+            self.f.release(&t.name);
+        }
+        layer
     }
 }
 

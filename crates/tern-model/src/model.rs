@@ -267,13 +267,14 @@ impl Model {
     pub fn from_source(src: &dyn Source, opts: &LoadOptions) -> Result<Model, ModelError> {
         let c = src.info().config.clone();
         let embed_t = src.embed()?;
-        let embed = if embed_t.is_f32() {
-            Embedding::F32(embed_t.to_f32()?)
-        } else {
-            Embedding::F16(embed_t.to_f16()?)
+        // Kept only when an int8 head is quantized from the table (tied checkpoints); else
+        // its storage becomes the embedding without a copy.
+        let (embed, embed_t) = match (opts.head, embed_t) {
+            (HeadKind::Int8, t) if t.is_f32() => (Embedding::F32(t.to_f32()?), Some(t)),
+            (HeadKind::Int8, t) => (Embedding::F16(t.to_f16()?), Some(t)),
+            (_, t) if t.is_f32() => (Embedding::F32(t.into_f32()?), None),
+            (_, t) => (Embedding::F16(t.into_f16()?), None),
         };
-        // Kept only when an int8 head is quantized from the table (tied checkpoints).
-        let embed_t = (opts.head == HeadKind::Int8).then_some(embed_t);
         let norm = src.final_norm()?;
         let layers = load_layers(c.num_layers, opts.threads, |i| {
             let l = src.layer(i)?;

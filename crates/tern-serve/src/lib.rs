@@ -29,7 +29,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tern_model::{KvType, ModelPath, Options, Session};
+use tern_model::{HeadKind, KvType, ModelPath, Options, Session};
 
 /// A model to serve: the name clients ask for and where it is.
 #[derive(Clone, Debug)]
@@ -85,6 +85,8 @@ pub struct Config {
     pub parallel: usize,
     /// Element type of the KV caches.
     pub kv_type: KvType,
+    /// LM head storage.
+    pub head: HeadKind,
     /// Bytes of KV cache each engine's active sequences may hold (0 = `parallel` sequences
     /// of the full context).
     pub kv_budget: usize,
@@ -110,6 +112,7 @@ impl Default for Config {
             max_queue: 64,
             parallel: 16,
             kv_type: KvType::F16,
+            head: HeadKind::F16,
             kv_budget: 0,
             step_tokens: 64,
             api_key: None,
@@ -173,6 +176,7 @@ pub fn load(config: &Config) -> Result<Arc<App>> {
             threads: config.threads,
             ctx: config.ctx,
             kv: config.kv_type,
+            head: config.head,
             ..Options::default()
         };
         let session =

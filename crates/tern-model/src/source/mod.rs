@@ -88,6 +88,22 @@ impl FloatTensor {
 
     /// The values as f16: exact for F16, rounded to nearest otherwise (one pass, no f32 copy
     /// of the tensor). Values beyond f16's range are an error naming the tensor and element.
+    /// [`Self::to_f32`], moving the storage out when it is f32 already (no copy).
+    pub fn into_f32(self) -> Result<Vec<f32>, ModelError> {
+        match self.data {
+            FloatData::F32(v) => Ok(v),
+            _ => self.to_f32(),
+        }
+    }
+
+    /// [`Self::to_f16`], moving the storage out when it is f16 already (no copy).
+    pub fn into_f16(self) -> Result<Vec<f16>, ModelError> {
+        match self.data {
+            FloatData::F16(v) => Ok(v),
+            _ => self.to_f16(),
+        }
+    }
+
     pub fn to_f16(&self) -> Result<Vec<f16>, ModelError> {
         let h: Vec<f16> = match &self.data {
             FloatData::F16(v) => return Ok(v.clone()),
