@@ -205,13 +205,15 @@ pub type SeqCache<'a, T = f32> = dyn Fn(usize) -> (&'a [T], &'a [T]) + Sync + 'a
 /// Attention over a compressed cache has the bits of attention over the same values widened
 /// to f32.
 pub trait KvElem: Copy + Send + Sync + sealed::Sealed + 'static {
-    /// [`attend`] over keys and values of this type, on `isa` (supported, checked by the
-    /// caller), with shapes checked by the caller.
+    /// [`attend`] for the `q.len() / hd` query heads in `q` that share one KV head (each
+    /// with the bits it has alone), on `isa` (supported, checked by the caller), with shapes
+    /// checked by the caller; `scores` holds `len` per head.
     #[doc(hidden)]
     #[allow(clippy::too_many_arguments)]
-    fn attend_on(
+    fn attend_group_on(
         isa: Isa,
         q: &[f32],
+        hd: usize,
         keys: &[Self],
         values: &[Self],
         scale: f32,
@@ -278,12 +280,35 @@ impl Q8Block {
 }
 
 /// How the rows of a compressed KV element type are widened to f32 (into a stack buffer) for
-/// [`attend_widen_generic`]: exactly, so the instruction set does not change the bits.
+/// [`attend_group`]: exactly, so the instruction set does not change the bits.
 trait Widen {
     type Elem: Copy;
     /// Values per element.
     const PER: usize;
     fn widen(src: &[Self::Elem], dst: &mut [f32]);
+    /// The values of consecutive rows `src`: widened into `buf`, or `src` itself when it is
+    /// f32 already.
+    #[inline(always)]
+    fn rows<'a>(src: &'a [Self::Elem], buf: &'a mut [f32]) -> &'a [f32] {
+        let buf = &mut buf[..src.len() * Self::PER];
+        Self::widen(src, buf);
+        buf
+    }
+}
+
+/// f32 rows as they are.
+struct RowsF32;
+
+impl Widen for RowsF32 {
+    type Elem = f32;
+    const PER: usize = 1;
+    fn widen(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    #[inline(always)]
+    fn rows<'a>(src: &'a [f32], _buf: &'a mut [f32]) -> &'a [f32] {
+        src
+    }
 }
 
 /// f16 rows through `half` (F16C when it detects it, else in software).
@@ -357,9 +382,10 @@ impl Widen for WidenQ8 {
 }
 
 impl KvElem for Q8Block {
-    fn attend_on(
+    fn attend_group_on(
         isa: Isa,
         q: &[f32],
+        hd: usize,
         keys: &[Q8Block],
         values: &[Q8Block],
         scale: f32,
@@ -369,11 +395,11 @@ impl KvElem for Q8Block {
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: every caller checked that this CPU supports `isa` (`check_isa`).
-            Isa::Avx512 => unsafe { attend_q8_avx512(q, keys, values, scale, scores, out) },
+            Isa::Avx512 => unsafe { group_q8_avx512(q, hd, keys, values, scale, scores, out) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above, AVX2.
-            Isa::Avx2 => unsafe { attend_q8_avx2(q, keys, values, scale, scores, out) },
-            _ => attend_widen_generic::<WidenQ8>(q, keys, values, scale, scores, out),
+            Isa::Avx2 => unsafe { group_q8_avx2(q, hd, keys, values, scale, scores, out) },
+            _ => attend_group::<WidenQ8>(q, hd, keys, values, scale, scores, out),
         }
     }
     const MAX_HEAD_DIM: usize = WIDEN_MAX_HEAD_DIM;
@@ -381,24 +407,34 @@ impl KvElem for Q8Block {
 }
 
 impl KvElem for f32 {
-    fn attend_on(
+    fn attend_group_on(
         isa: Isa,
         q: &[f32],
+        hd: usize,
         keys: &[f32],
         values: &[f32],
         scale: f32,
         scores: &mut [f32],
         out: &mut [f32],
     ) {
-        attend_on(isa, q, keys, values, scale, scores, out)
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: every caller checked that this CPU supports `isa` (`check_isa`).
+            Isa::Avx512 => unsafe { group_f32_avx512(q, hd, keys, values, scale, scores, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above, AVX2.
+            Isa::Avx2 => unsafe { group_f32_avx2(q, hd, keys, values, scale, scores, out) },
+            _ => attend_group::<RowsF32>(q, hd, keys, values, scale, scores, out),
+        }
     }
     const MAX_HEAD_DIM: usize = usize::MAX;
 }
 
 impl KvElem for f16 {
-    fn attend_on(
+    fn attend_group_on(
         isa: Isa,
         q: &[f32],
+        hd: usize,
         keys: &[f16],
         values: &[f16],
         scale: f32,
@@ -408,11 +444,11 @@ impl KvElem for f16 {
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: every caller checked that this CPU supports `isa` (`check_isa`).
-            Isa::Avx512 => unsafe { attend_f16_avx512(q, keys, values, scale, scores, out) },
+            Isa::Avx512 => unsafe { group_f16_avx512(q, hd, keys, values, scale, scores, out) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above, AVX2.
-            Isa::Avx2 => unsafe { attend_f16_avx2(q, keys, values, scale, scores, out) },
-            _ => attend_widen_generic::<WidenF16>(q, keys, values, scale, scores, out),
+            Isa::Avx2 => unsafe { group_f16_avx2(q, hd, keys, values, scale, scores, out) },
+            _ => attend_group::<WidenF16>(q, hd, keys, values, scale, scores, out),
         }
     }
     const MAX_HEAD_DIM: usize = WIDEN_MAX_HEAD_DIM;
@@ -421,132 +457,135 @@ impl KvElem for f16 {
 /// The f16 and q8_0 attentions widen rows into stack buffers of this many floats (4 value rows).
 const WIDEN_MAX_HEAD_DIM: usize = 256;
 
-/// [`attend_generic`] over f16 or q8_0 keys and values: each row widened to f32 (exactly) into
-/// a stack buffer, then the same operations in the same order, so the bits of
-/// [`attend_generic`] over the widened cache.
+/// Most query heads one [`attend_group`] call takes (its per-head maxima and sums live on the
+/// stack); larger GQA groups are split.
+const MAX_GROUP: usize = 8;
+
+/// The attention kernel: the `g = q.len() / hd` query heads of one KV head over keys and
+/// values of any [`Widen`] type (`g = 1` is [`attend`]). Each key row is read (and widened,
+/// exactly) once for all `g` heads and each 4-row chunk of values once, where one head at a
+/// time read the cache `g` times. Per head: scores `dot16(q, k_j) * scale` in position order,
+/// their maximum, `exp(s - max)` and its sum, then `out += (s_j / sum) * v_j` four positions
+/// per pass in position order; the same operations on the same operands whatever `g` and the
+/// element type (over the widened values), so the bits are too. `scores` holds `len` per head.
 #[inline(always)]
-fn attend_widen_generic<W: Widen>(
+fn attend_group<W: Widen>(
     q: &[f32],
+    hd: usize,
     keys: &[W::Elem],
     values: &[W::Elem],
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let hd = q.len();
+    let g = q.len() / hd;
     assert!(
-        hd <= WIDEN_MAX_HEAD_DIM && hd.is_multiple_of(W::PER),
+        (1..=MAX_GROUP).contains(&g) && q.len() == g * hd && out.len() == q.len(),
+        "attention group: {} queries of {hd}",
+        q.len()
+    );
+    assert!(
+        W::PER == 1 || hd <= WIDEN_MAX_HEAD_DIM && hd.is_multiple_of(W::PER),
         "attention over a compressed cache: head of {hd}"
     );
     let row = hd / W::PER;
-    let len = scores.len();
+    let len = scores.len() / g;
     let mut kb = [0.0f32; WIDEN_MAX_HEAD_DIM];
-    let kb = &mut kb[..hd];
-    let mut max = f32::NEG_INFINITY;
-    for (j, sj) in scores.iter_mut().enumerate() {
+    let mut max = [f32::NEG_INFINITY; MAX_GROUP];
+    for j in 0..len {
+        // One head's cache is a stream of a few tens of KB: too short for the hardware
+        // prefetcher to ramp up, so decode waited on DRAM latency. Ask for the keys a few
+        // positions ahead and for this position's values, which the second pass reads.
         if j + KV_AHEAD < len {
             prefetch(&keys[(j + KV_AHEAD) * row..][..row]);
         }
         prefetch(&values[j * row..][..row]);
-        W::widen(&keys[j * row..][..row], kb);
-        *sj = dot16_generic(q, kb) * scale;
-        max = max.max(*sj);
+        let k = W::rows(&keys[j * row..][..row], &mut kb);
+        for h in 0..g {
+            let s = dot16_generic(&q[h * hd..][..hd], k) * scale;
+            scores[h * len + j] = s;
+            max[h] = max[h].max(s);
+        }
     }
-    let mut sum = 0.0;
-    for sj in scores.iter_mut() {
-        *sj = (*sj - max).exp();
-        sum += *sj;
+    let mut inv = [0.0f32; MAX_GROUP];
+    for h in 0..g {
+        let mut sum = 0.0;
+        for sj in scores[h * len..][..len].iter_mut() {
+            *sj = (*sj - max[h]).exp();
+            sum += *sj;
+        }
+        inv[h] = 1.0 / sum;
     }
-    let inv = 1.0 / sum;
     out.fill(0.0);
+    // Four positions per pass over `out`, each added in position order (the same bits as one
+    // at a time), so `out` is loaded and stored a quarter as often.
     let mut vb = [0.0f32; 4 * WIDEN_MAX_HEAD_DIM];
-    let values = &values[..len * row];
-    let (sc4, vc4) = (scores.chunks_exact(4), values.chunks_exact(4 * row));
-    let (sr, vr) = (sc4.remainder(), vc4.remainder());
-    for (w, v16) in sc4.zip(vc4) {
-        let v = &mut vb[..4 * hd];
-        W::widen(v16, v);
-        let (w0, w1, w2, w3) = (w[0] * inv, w[1] * inv, w[2] * inv, w[3] * inv);
+    let full = len / 4 * 4;
+    for j in (0..full).step_by(4) {
+        let v = W::rows(&values[j * row..][..4 * row], &mut vb);
         let (v0, rest) = v.split_at(hd);
         let (v1, rest) = rest.split_at(hd);
         let (v2, v3) = rest.split_at(hd);
-        for i in 0..hd {
-            let mut o = out[i];
-            o += w0 * v0[i];
-            o += w1 * v1[i];
-            o += w2 * v2[i];
-            o += w3 * v3[i];
-            out[i] = o;
+        for h in 0..g {
+            let w = &scores[h * len + j..][..4];
+            let (w0, w1, w2, w3) = (w[0] * inv[h], w[1] * inv[h], w[2] * inv[h], w[3] * inv[h]);
+            let o = &mut out[h * hd..][..hd];
+            for i in 0..hd {
+                let mut x = o[i];
+                x += w0 * v0[i];
+                x += w1 * v1[i];
+                x += w2 * v2[i];
+                x += w3 * v3[i];
+                o[i] = x;
+            }
         }
     }
-    for (&w, v16) in sr.iter().zip(vr.chunks_exact(row)) {
-        let v = &mut vb[..hd];
-        W::widen(v16, v);
-        let w = w * inv;
-        for (o, &x) in out.iter_mut().zip(&*v) {
-            *o += w * x;
+    for j in full..len {
+        let v = W::rows(&values[j * row..][..row], &mut vb);
+        for h in 0..g {
+            let w = scores[h * len + j] * inv[h];
+            for (o, &x) in out[h * hd..][..hd].iter_mut().zip(v) {
+                *o += w * x;
+            }
         }
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn attend_f16_avx512(
-    q: &[f32],
-    keys: &[f16],
-    values: &[f16],
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    attend_widen_generic::<WidenF16Avx512>(q, keys, values, scale, scores, out)
+/// The ISA-compiled copies of [`attend_group`]: the same source, vectorised at each width.
+macro_rules! group_on_isa {
+    ($name:ident, $feature:literal, $elem:ty, $w:ty) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feature)]
+        #[allow(clippy::too_many_arguments)]
+        fn $name(
+            q: &[f32],
+            hd: usize,
+            keys: &[$elem],
+            values: &[$elem],
+            scale: f32,
+            scores: &mut [f32],
+            out: &mut [f32],
+        ) {
+            attend_group::<$w>(q, hd, keys, values, scale, scores, out)
+        }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn attend_f16_avx2(
-    q: &[f32],
-    keys: &[f16],
-    values: &[f16],
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    attend_widen_generic::<WidenF16>(q, keys, values, scale, scores, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn attend_q8_avx512(
-    q: &[f32],
-    keys: &[Q8Block],
-    values: &[Q8Block],
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    attend_widen_generic::<WidenQ8>(q, keys, values, scale, scores, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn attend_q8_avx2(
-    q: &[f32],
-    keys: &[Q8Block],
-    values: &[Q8Block],
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    attend_widen_generic::<WidenQ8>(q, keys, values, scale, scores, out)
-}
+group_on_isa!(group_f32_avx512, "avx512f", f32, RowsF32);
+group_on_isa!(group_f32_avx2, "avx2", f32, RowsF32);
+group_on_isa!(group_f16_avx512, "avx512f", f16, WidenF16Avx512);
+group_on_isa!(group_f16_avx2, "avx2", f16, WidenF16);
+group_on_isa!(group_q8_avx512, "avx512f", Q8Block, WidenQ8);
+group_on_isa!(group_q8_avx2, "avx2", Q8Block, WidenQ8);
 
 /// [`attention`] for the rows of several sequences in one pool job (a batched decode step):
 /// `q` and `out` hold the rows of `spans[0]`, then of `spans[1]`, ...; each row attends
-/// causally to its own sequence's cache, `cache(i)`. Every (row, head) pair is computed by the
-/// same code on the same operands as in [`attention`] of that sequence alone, so the bits are
-/// the same; one fork-join per layer instead of one per sequence. `scratch` holds one row of
-/// the longest `pos + n` per task.
+/// causally to its own sequence's cache, `cache(i)`. The query heads of one KV head are
+/// attended together (each key and value row read once for the group, not once per head:
+/// GQA models read a quarter of the cache traffic at group 4), and every (row, head) pair
+/// still gets the bits [`attention`] gives it for that sequence alone; one fork-join per layer
+/// instead of one per sequence. `scratch` holds [`attention_batch_scratch`] floats for the
+/// tasks that should run (fewer run with less).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_batch<'a, T: KvElem>(
     shape: Heads,
@@ -614,29 +653,33 @@ pub fn attention_batch_with<'a, T: KvElem>(
         return;
     }
     let group = heads / shape.kv_heads;
+    // Query heads attended together: the largest divisor of the GQA group up to MAX_GROUP.
+    let sub = sub_group(group);
     let scale = 1.0 / (hd as f32).sqrt();
-    let rows = scratch.len() / longest;
+    let rows = scratch.len() / (sub * longest);
     assert!(
         rows > 0,
-        "attention_batch: scratch of {} floats, rows of {longest} needed",
+        "attention_batch: scratch of {} floats, {sub} rows of {longest} needed",
         scratch.len()
     );
+    let cols = heads / sub;
     let tasks = if work < INLINE_WORK {
         1
     } else {
-        pool.threads().min(total * heads).min(rows)
+        pool.threads().min(total * cols).min(rows)
     };
-    // As in `attention`: pairs numbered head-major over all rows of the batch.
+    // Units are (row, run of `sub` query heads of one KV head), numbered head-major over all
+    // rows of the batch, so a task's consecutive units reuse one KV head's keys and values.
     let parts = (
-        Chunks::new(&mut scratch[..tasks * longest], longest),
-        Cells::new(out, total, heads, hd),
+        Chunks::new(&mut scratch[..tasks * sub * longest], sub * longest),
+        Cells::new(out, total, cols, sub * hd),
     );
     pool.run_split(tasks, parts, &|_, ((_, sc), mut att)| {
-        // Cursor over the sequences: a task's pairs run through the rows in order, wrapping
-        // to row 0 at the next head.
+        // Cursor over the sequences: a task's units run through the rows in order, wrapping
+        // to row 0 at the next run of heads.
         let (mut i, mut first) = (0, 0);
-        for pair in att.units() {
-            let (h, r) = (pair / total, pair % total);
+        for unit in att.units() {
+            let (c, r) = (unit / total, unit % total);
             if r < first {
                 (i, first) = (0, 0);
             }
@@ -649,18 +692,35 @@ pub fn attention_batch_with<'a, T: KvElem>(
             let row = hd / T::PER;
             let cap = keys.len() / (shape.kv_heads * row);
             let len = spans[i].pos + (r - first) + 1;
-            let kv = (h / group) * cap * row;
-            T::attend_on(
+            let h0 = c * sub;
+            let kv = (h0 / group) * cap * row;
+            T::attend_group_on(
                 isa,
-                &q[r * qd + h * hd..][..hd],
+                &q[r * qd + h0 * hd..][..sub * hd],
+                hd,
                 &keys[kv..kv + len * row],
                 &values[kv..kv + len * row],
                 scale,
-                &mut sc[..len],
-                att.cell(pair),
+                &mut sc[..sub * len],
+                att.cell(unit),
             );
         }
     });
+}
+
+/// Query heads one attention call takes together for a GQA group of `group`: its largest
+/// divisor up to [`MAX_GROUP`].
+fn sub_group(group: usize) -> usize {
+    (1..=group.min(MAX_GROUP))
+        .rev()
+        .find(|d| group.is_multiple_of(*d))
+        .unwrap_or(1)
+}
+
+/// Scratch floats [`attention_batch`] needs to run `tasks` tasks over sequences of up to
+/// `longest` positions with heads of `shape`.
+pub fn attention_batch_scratch(shape: Heads, longest: usize, tasks: usize) -> usize {
+    sub_group(shape.heads / shape.kv_heads.max(1)) * longest * tasks.max(1)
 }
 
 /// The reference for [`attention`]: every (token, head) pair through [`attend_reference`].
@@ -725,7 +785,7 @@ fn check_shapes(
     (n, cap, s.heads / s.kv_heads)
 }
 
-/// [`attend`] on `isa`, whose support the caller checked.
+/// [`attend`] on `isa`, whose support the caller checked: [`attend_group`] of one head.
 #[inline(always)]
 fn attend_on(
     isa: Isa,
@@ -736,73 +796,7 @@ fn attend_on(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: every caller checked that this CPU supports `isa` (`check_isa`), so it has
-        // AVX-512 F.
-        Isa::Avx512 => unsafe { attend_avx512(q, keys, values, scale, scores, out) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above, AVX2.
-        Isa::Avx2 => unsafe { attend_avx2(q, keys, values, scale, scores, out) },
-        _ => attend_generic(q, keys, values, scale, scores, out),
-    }
-}
-
-#[inline(always)]
-fn attend_generic(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    let hd = q.len();
-    let len = scores.len();
-    let mut max = f32::NEG_INFINITY;
-    for (j, sj) in scores.iter_mut().enumerate() {
-        // One head's cache is a stream of a few tens of KB: too short for the hardware
-        // prefetcher to ramp up, so decode waited on DRAM latency. Ask for the keys a few
-        // positions ahead and for this position's values, which the second pass reads.
-        if j + KV_AHEAD < len {
-            prefetch(&keys[(j + KV_AHEAD) * hd..][..hd]);
-        }
-        prefetch(&values[j * hd..][..hd]);
-        *sj = dot16_generic(q, &keys[j * hd..][..hd]) * scale;
-        max = max.max(*sj);
-    }
-    let mut sum = 0.0;
-    for sj in scores.iter_mut() {
-        *sj = (*sj - max).exp();
-        sum += *sj;
-    }
-    let inv = 1.0 / sum;
-    out.fill(0.0);
-    // Four positions per pass over `out`, each added in position order (the same bits as one
-    // at a time), so `out` is loaded and stored a quarter as often.
-    let values = &values[..len * hd];
-    let (sc4, vc4) = (scores.chunks_exact(4), values.chunks_exact(4 * hd));
-    let (sr, vr) = (sc4.remainder(), vc4.remainder());
-    for (w, v) in sc4.zip(vc4) {
-        let (w0, w1, w2, w3) = (w[0] * inv, w[1] * inv, w[2] * inv, w[3] * inv);
-        let (v0, rest) = v.split_at(hd);
-        let (v1, rest) = rest.split_at(hd);
-        let (v2, v3) = rest.split_at(hd);
-        for i in 0..hd {
-            let mut o = out[i];
-            o += w0 * v0[i];
-            o += w1 * v1[i];
-            o += w2 * v2[i];
-            o += w3 * v3[i];
-            out[i] = o;
-        }
-    }
-    for (&w, v) in sr.iter().zip(vr.chunks_exact(hd)) {
-        let w = w * inv;
-        for (o, &x) in out.iter_mut().zip(v) {
-            *o += w * x;
-        }
-    }
+    <f32 as KvElem>::attend_group_on(isa, q, q.len(), keys, values, scale, scores, out)
 }
 
 /// Asks for every cache line of `x` (a hint: no effect on results, never faults).
@@ -820,32 +814,6 @@ fn prefetch<T>(x: &[T]) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = x;
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn attend_avx512(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    attend_generic(q, keys, values, scale, scores, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn attend_avx2(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    attend_generic(q, keys, values, scale, scores, out)
 }
 
 #[cfg(test)]
@@ -870,7 +838,7 @@ mod tests {
         /// for sequences of different lengths, capacities and chunk sizes (empty ones too).
         #[test]
         fn attention_batch_equals_each_sequence_alone(
-            shape in prop::sample::select(vec![(4usize, 2usize, 8usize), (2, 1, 5), (3, 3, 16), (2, 1, 256), (4, 2, 64)]),
+            shape in prop::sample::select(vec![(4usize, 2usize, 8usize), (2, 1, 5), (3, 3, 16), (2, 1, 256), (4, 2, 64), (8, 1, 32), (12, 1, 7), (20, 5, 32)]),
             seqs in prop::collection::vec((0usize..4, 0usize..20, 0usize..6), 1..6),
             threads in 1usize..4,
             seed in any::<u64>(),
@@ -894,7 +862,7 @@ mod tests {
             let longest = caches.iter().map(|c| c.0 + c.1).max().unwrap_or(0).max(1);
             for isa in Isa::available() {
                 let mut got = vec![f32::NAN; total * qd];
-                let mut sc = vec![0.0; threads * longest];
+                let mut sc = vec![0.0; attention_batch_scratch(shape, longest, threads)];
                 attention_batch_with(shape, &q, &spans, &cache, &mut got, &mut sc, &pool, isa);
                 let mut at = 0;
                 for c in &caches {

@@ -16,7 +16,9 @@ use crate::model::{Embedding, Head, Linear, Model};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use tern_kernels::actquant::{quantize_acts, QuantizedActs};
-use tern_kernels::attention::{attention_batch, Heads, KvElem, Q8Block, SeqSpan};
+use tern_kernels::attention::{
+    attention_batch, attention_batch_scratch, Heads, KvElem, Q8Block, SeqSpan,
+};
 use tern_kernels::dense;
 use tern_kernels::norm::rms_norm;
 use tern_kernels::rope::rope;
@@ -371,7 +373,18 @@ impl BatchScratch {
             gate: vec![0.0; b * c.intermediate_size],
             up: vec![0.0; b * c.intermediate_size],
             xq: QuantizedActs::new(),
-            scores: vec![0.0; threads.max(1) * capacity],
+            scores: vec![
+                0.0;
+                attention_batch_scratch(
+                    Heads {
+                        heads: c.num_heads,
+                        kv_heads: c.num_kv_heads,
+                        head_dim: c.head_dim,
+                    },
+                    capacity,
+                    threads,
+                )
+            ],
             logits: vec![0.0; c.vocab_size],
             spans: Vec::new(),
             attn_spans: Vec::new(),
