@@ -76,27 +76,31 @@ if [ -z "${TERN_PYTHON:-}" ] && ! has_gguf_py "$py"; then
 fi
 export TERN_PYTHON="$py"
 
-# The official openai client, for tern-serve's client test (crates/tern-serve/tests/openai_client.rs):
-# TERN_OPENAI_PYTHON as given, else a virtualenv in the cache.
-if [ -z "${TERN_OPENAI_PYTHON:-}" ]; then
-  oai="$cache/openai-3.63.0"
-  if ! "$oai/bin/python" -c 'import openai' >/dev/null 2>&1; then
-    echo "test.sh: installing the openai client 3.63.0 into $oai"
-    rm -rf "$oai"
-    python3 -m venv "$oai" >/dev/null 2>&1 \
-      && "$oai/bin/python" -m pip install --quiet --disable-pip-version-check \
-           openai==3.63.0 >/dev/null 2>&1 \
-      || echo "test.sh: could not install the openai client; its test will skip"
+# cached_venv VAR PACKAGE==VERSION MODULE WHAT: unless $VAR is set, a virtualenv in the cache
+# with the package, and $VAR exported as its interpreter (the tests that need it skip without).
+cached_venv() {
+  local var=$1 pkg=$2 module=$3 what=$4 env
+  [ -z "${!var:-}" ] || return 0
+  env="$cache/${pkg/==/-}"
+  if ! "$env/bin/python" -c "import $module" >/dev/null 2>&1; then
+    echo "test.sh: installing ${pkg/==/ } into $env"
+    rm -rf "$env"
+    python3 -m venv "$env" >/dev/null 2>&1 \
+      && "$env/bin/python" -m pip install --quiet --disable-pip-version-check "$pkg" \
+           >/dev/null 2>&1 \
+      || echo "test.sh: could not install $pkg; $what will skip"
   fi
-  if "$oai/bin/python" -c 'import openai' >/dev/null 2>&1; then
-    export TERN_OPENAI_PYTHON="$oai/bin/python"
+  if "$env/bin/python" -c "import $module" >/dev/null 2>&1; then
+    export "$var=$env/bin/python"
   fi
-fi
+}
+
+# The official openai client, for tern-serve's client test (crates/tern-serve/tests/openai_client.rs).
+cached_venv TERN_OPENAI_PYTHON openai==3.63.0 openai "the openai client test"
 
 # Headless Chromium driven by selenium, for the chat page test (crates/tern-serve/tests/chat_page.rs):
-# Debian's chromium and chromium-driver, and selenium from TERN_BROWSER_PYTHON as given, else a
-# virtualenv in the cache. (4.51.0: the newest selenium whose dependencies the package index
-# here resolves; 4.52.0 wants a certifi newer than the index has.)
+# Debian's chromium and chromium-driver, and selenium (4.51.0: the newest whose dependencies
+# the package index here resolves; 4.52.0 wants a certifi newer than the index has).
 if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } \
    && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "test.sh: installing chromium and chromium-driver (apt-get)"
@@ -104,20 +108,7 @@ if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } \
       chromium chromium-driver; } >/dev/null 2>&1 \
     || echo "test.sh: could not install chromium; the browser test will skip"
 fi
-if [ -z "${TERN_BROWSER_PYTHON:-}" ]; then
-  sel="$cache/selenium-4.51.0"
-  if ! "$sel/bin/python" -c 'import selenium' >/dev/null 2>&1; then
-    echo "test.sh: installing selenium 4.51.0 into $sel"
-    rm -rf "$sel"
-    python3 -m venv "$sel" >/dev/null 2>&1 \
-      && "$sel/bin/python" -m pip install --quiet --disable-pip-version-check \
-           selenium==4.51.0 >/dev/null 2>&1 \
-      || echo "test.sh: could not install selenium; the browser test will skip"
-  fi
-  if "$sel/bin/python" -c 'import selenium' >/dev/null 2>&1; then
-    export TERN_BROWSER_PYTHON="$sel/bin/python"
-  fi
-fi
+cached_venv TERN_BROWSER_PYTHON selenium==4.51.0 selenium "the browser test"
 
 if [ -z "${TERN_VOCAB_DIR:-}" ]; then
   vocab="$cache/llama-cpp-python-0.3.36"

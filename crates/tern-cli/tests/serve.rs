@@ -6,11 +6,10 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[cfg(unix)]
-#[test]
-fn serve_prints_its_address_answers_and_exits_0_on_sigterm() {
+/// `tern serve ARGS` with its stdout piped, and the address it printed.
+fn spawn(args: &[&str]) -> (std::process::Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .args(["serve", "--port", "0", "--ctx", "256", "--grace", "5"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -23,6 +22,25 @@ fn serve_prints_its_address_answers_and_exits_0_on_sigterm() {
         .strip_prefix("tern serve: listening on http://")
         .unwrap_or_else(|| panic!("{line:?}"))
         .to_string();
+    (child, addr)
+}
+
+/// Waits for `child` to exit with status 0 within `secs` of `since`.
+fn exits_0(child: &mut std::process::Child, since: Instant, secs: u64, what: &str) {
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            return;
+        }
+        assert!(since.elapsed() < Duration::from_secs(secs), "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_prints_its_address_answers_and_exits_0_on_sigterm() {
+    let (mut child, addr) = spawn(&["serve", "--port", "0", "--ctx", "256", "--grace", "5"]);
 
     let mut s = TcpStream::connect(&addr).unwrap();
     s.write_all(b"GET /v1/models HTTP/1.0\r\n\r\n").unwrap();
@@ -39,17 +57,7 @@ fn serve_prints_its_address_answers_and_exits_0_on_sigterm() {
         .unwrap();
     assert!(killed.success());
     let t = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{status}");
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "still running 20 s after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    exits_0(&mut child, t, 20, "still running 20 s after SIGTERM");
 }
 
 /// SIGTERM while a stream is in flight: the stream still finishes (`[DONE]`) within the grace
@@ -57,20 +65,7 @@ fn serve_prints_its_address_answers_and_exits_0_on_sigterm() {
 #[cfg(unix)]
 #[test]
 fn sigterm_lets_an_inflight_stream_finish() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .args(["serve", "--port", "0", "--grace", "30"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("tern serve: listening on http://")
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .to_string();
+    let (mut child, addr) = spawn(&["serve", "--port", "0", "--grace", "30"]);
     let body = r#"{"prompt":"We will","max_tokens":600,"ignore_eos":true,"stream":true}"#;
     let mut s = TcpStream::connect(&addr).unwrap();
     write!(
@@ -98,17 +93,7 @@ fn sigterm_lets_an_inflight_stream_finish() {
     );
     assert!(rest.contains("\"finish_reason\":\"length\""));
     let t = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{status}");
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "still running after the stream ended"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    exits_0(&mut child, t, 20, "still running after the stream ended");
 }
 
 /// SIGTERM with a stream that cannot finish within `--grace 0`: the stream is cut (no
@@ -116,20 +101,7 @@ fn sigterm_lets_an_inflight_stream_finish() {
 #[cfg(unix)]
 #[test]
 fn sigterm_past_the_grace_period_cancels_and_exits_0() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .args(["serve", "--port", "0", "--grace", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("tern serve: listening on http://")
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .to_string();
+    let (mut child, addr) = spawn(&["serve", "--port", "0", "--grace", "0"]);
     // The whole context, token by token: far longer than no grace at all.
     let body = r#"{"prompt":"We will","ignore_eos":true,"stream":true}"#;
     let mut s = TcpStream::connect(&addr).unwrap();
@@ -156,15 +128,10 @@ fn sigterm_past_the_grace_period_cancels_and_exits_0() {
         !rest.contains("\"finish_reason\":\"length\""),
         "the stream ran to its end despite --grace 0"
     );
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{status}");
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "still running 10 s after SIGTERM with --grace 0"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    exits_0(
+        &mut child,
+        t,
+        10,
+        "still running 10 s after SIGTERM with --grace 0",
+    );
 }
