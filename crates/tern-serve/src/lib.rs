@@ -308,11 +308,12 @@ pub fn serve(config: &Config) -> Result<()> {
         for e in &app.engines {
             eprintln!("tern serve: model '{}' (context {} tokens)", e.name, e.ctx);
         }
+        let signal = shutdown_signal()?;
         println!("tern serve: listening on http://{addr}");
         let (signalled_tx, signalled_rx) = tokio::sync::watch::channel(false);
         let grace = config.shutdown_grace;
         let server = axum::serve(listener, router(app)).with_graceful_shutdown(async move {
-            shutdown_signal().await;
+            signal.await;
             eprintln!("tern serve: shutting down (in-flight requests have {grace:?})");
             let _ = signalled_tx.send(true);
         });
@@ -332,23 +333,26 @@ pub fn serve(config: &Config) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM or SIGINT (Ctrl-C). The handlers are registered here, before the caller prints
+/// that it listens: a signal that arrives between the two must not find the default action
+/// (which would kill the process instead of shutting it down).
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
