@@ -2,7 +2,7 @@
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
-use crate::source::{FloatTensor, Proj, Source};
+use crate::source::{Proj, Source};
 use half::f16;
 use tern_kernels::actquant::QuantizedActs;
 use tern_kernels::dense::{self, Int8Matrix};
@@ -113,6 +113,13 @@ pub enum Embedding {
 }
 
 impl Embedding {
+    /// `len` elements of the flattened table from `start`, as f32 (exact).
+    pub fn values_f32(&self, start: usize, len: usize) -> Vec<f32> {
+        match self {
+            Embedding::F16(v) => v[start..start + len].iter().map(|x| x.to_f32()).collect(),
+            Embedding::F32(v) => v[start..start + len].to_vec(),
+        }
+    }
     /// Element `i` of the flattened table.
     pub fn get(&self, i: usize) -> f32 {
         match self {
@@ -267,13 +274,15 @@ impl Model {
     pub fn from_source(src: &dyn Source, opts: &LoadOptions) -> Result<Model, ModelError> {
         let c = src.info().config.clone();
         let embed_t = src.embed()?;
-        // Kept only when an int8 head is quantized from the table (tied checkpoints); else
-        // its storage becomes the embedding without a copy.
-        let (embed, embed_t) = match (opts.head, embed_t) {
-            (HeadKind::Int8, t) if t.is_f32() => (Embedding::F32(t.to_f32()?), Some(t)),
-            (HeadKind::Int8, t) => (Embedding::F16(t.to_f16()?), Some(t)),
-            (_, t) if t.is_f32() => (Embedding::F32(t.into_f32()?), None),
-            (_, t) => (Embedding::F16(t.into_f16()?), None),
+        // Its storage becomes the embedding without a copy. The source table is kept only
+        // when a tied int8 head must be quantized from values the embedding rounds (BF16 or
+        // a GGUF block type); from F32 or F16 the embedding holds them exactly.
+        let exact = embed_t.is_f32() || embed_t.is_f16();
+        let keep = opts.head == HeadKind::Int8 && !exact;
+        let (embed, embed_t) = match (keep, embed_t) {
+            (true, t) => (Embedding::F16(t.to_f16()?), Some(t)),
+            (false, t) if t.is_f32() => (Embedding::F32(t.into_f32()?), None),
+            (false, t) => (Embedding::F16(t.into_f16()?), None),
         };
         let norm = src.final_norm()?;
         let layers = load_layers(c.num_layers, opts.threads, |i| {
@@ -300,11 +309,17 @@ impl Model {
             (HeadKind::F16, None) => Head::Tied,
             (HeadKind::F16, Some(t)) if t.is_f32() => Head::F32(t.to_f32()?),
             (HeadKind::F16, Some(t)) => Head::F16(t.to_f16()?),
-            (HeadKind::Int8, t) => Head::Int8(int8_head(
-                t.as_ref()
-                    .or(embed_t.as_ref())
-                    .expect("the table is kept for an int8 head"),
-            )?),
+            (HeadKind::Int8, Some(t)) => {
+                Head::Int8(int8_head(&t.name, t.rows, t.cols, |r0, n| {
+                    t.rows_to_f32(r0, n)
+                })?)
+            }
+            (HeadKind::Int8, None) => Head::Int8(match &embed_t {
+                Some(t) => int8_head(&t.name, t.rows, t.cols, |r0, n| t.rows_to_f32(r0, n))?,
+                None => int8_head("token_embd", c.vocab_size, c.hidden_size, |r0, n| {
+                    Ok(embed.values_f32(r0 * c.hidden_size, n * c.hidden_size))
+                })?,
+            }),
         };
         Ok(Model {
             config: c,
@@ -464,12 +479,17 @@ fn linear(p: Proj, layout: Layout) -> Result<Linear, ModelError> {
 /// Per-row int8 quantization from the checkpoint's own values (no detour through f16), a
 /// block of rows at a time so that no f32 copy of the whole table is made; rows are quantized
 /// independently, so the result equals `Int8Matrix::quantize` of the whole matrix.
-fn int8_head(t: &FloatTensor) -> Result<Int8Matrix, ModelError> {
-    let (rows, cols) = (t.rows, t.cols);
+/// A per-row int8 head quantized from a `[rows][cols]` table read a block of rows at a time
+/// (`rows_f32(first row, rows)`), so no f32 copy of the whole table is made.
+fn int8_head(
+    name: &str,
+    rows: usize,
+    cols: usize,
+    rows_f32: impl Fn(usize, usize) -> Result<Vec<f32>, ModelError>,
+) -> Result<Int8Matrix, ModelError> {
     if cols > Int8Matrix::MAX_COLS {
         return Err(ModelError::Other(format!(
-            "tensor {}: {cols} columns exceed the int8 head's limit of {}",
-            t.name,
+            "tensor {name}: {cols} columns exceed the int8 head's limit of {}",
             Int8Matrix::MAX_COLS
         )));
     }
@@ -478,7 +498,7 @@ fn int8_head(t: &FloatTensor) -> Result<Int8Matrix, ModelError> {
     let mut scales = Vec::with_capacity(rows);
     for r0 in (0..rows).step_by(BLOCK_ROWS) {
         let n = BLOCK_ROWS.min(rows - r0);
-        let m = Int8Matrix::quantize(&t.rows_to_f32(r0, n)?, n, cols);
+        let m = Int8Matrix::quantize(&rows_f32(r0, n)?, n, cols);
         for r in 0..n {
             q.extend_from_slice(m.row(r));
         }

@@ -125,6 +125,10 @@ impl FloatTensor {
     pub fn is_f32(&self) -> bool {
         matches!(self.data, FloatData::F32(_))
     }
+
+    pub fn is_f16(&self) -> bool {
+        matches!(self.data, FloatData::F16(_))
+    }
 }
 
 /// One transformer-block projection.
