@@ -25,6 +25,24 @@ fn spawn(args: &[&str]) -> (std::process::Child, String) {
     (child, addr)
 }
 
+/// Posts a streaming completion `body` and reads until its first event.
+fn stream_started(addr: &str, body: &str) -> BufReader<TcpStream> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut first = String::new();
+    while !first.starts_with("data: ") {
+        first.clear();
+        assert!(r.read_line(&mut first).unwrap() > 0);
+    }
+    r
+}
+
 /// Waits for `child` to exit with status 0 within `secs` of `since`.
 fn exits_0(child: &mut std::process::Child, since: Instant, secs: u64, what: &str) {
     loop {
@@ -67,19 +85,7 @@ fn serve_prints_its_address_answers_and_exits_0_on_sigterm() {
 fn sigterm_lets_an_inflight_stream_finish() {
     let (mut child, addr) = spawn(&["serve", "--port", "0", "--grace", "30"]);
     let body = r#"{"prompt":"We will","max_tokens":600,"ignore_eos":true,"stream":true}"#;
-    let mut s = TcpStream::connect(&addr).unwrap();
-    write!(
-        s,
-        "POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut r = BufReader::new(s);
-    let mut first = String::new();
-    while !first.starts_with("data: ") {
-        first.clear();
-        assert!(r.read_line(&mut first).unwrap() > 0);
-    }
+    let mut r = stream_started(&addr, body);
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -104,19 +110,7 @@ fn sigterm_past_the_grace_period_cancels_and_exits_0() {
     let (mut child, addr) = spawn(&["serve", "--port", "0", "--grace", "0"]);
     // The whole context, token by token: far longer than no grace at all.
     let body = r#"{"prompt":"We will","ignore_eos":true,"stream":true}"#;
-    let mut s = TcpStream::connect(&addr).unwrap();
-    write!(
-        s,
-        "POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut r = BufReader::new(s);
-    let mut first = String::new();
-    while !first.starts_with("data: ") {
-        first.clear();
-        assert!(r.read_line(&mut first).unwrap() > 0);
-    }
+    let mut r = stream_started(&addr, body);
     let t = Instant::now();
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
