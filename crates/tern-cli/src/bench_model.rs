@@ -24,7 +24,8 @@ pub struct Args {
     /// A Hugging Face model directory or GGUF file to benchmark; none (and no --shape): the
     /// bundled model.
     model: Option<PathBuf>,
-    /// A synthetic model of a named shape with random weights: 700m, 2b4t, 3b, 7b, 13b, 70b.
+    /// A synthetic model of a named shape with random weights: 700m, 1.3b, 2b4t, 3b, 7b, 13b,
+    /// 30b, 70b.
     #[arg(long, conflicts_with = "model")]
     shape: Option<String>,
     /// Dense projections instead of ternary (the FP baseline of the same shape).
