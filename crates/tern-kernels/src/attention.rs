@@ -335,8 +335,8 @@ impl Widen for WidenF16Avx512 {
     const PER: usize = 1;
     #[inline(always)]
     fn widen(src: &[f16], dst: &mut [f32]) {
-        // SAFETY: this type is used only by `attend_f16_avx512`, whose callers checked that
-        // the CPU has AVX-512 F (`check_isa`); lengths are checked inside.
+        // SAFETY: this type is used only by f16's AVX-512 attention (`kv_elem!`), whose
+        // callers checked that the CPU has AVX-512 F (`check_isa`); lengths are checked inside.
         unsafe { widen_f16_avx512(src, dst) }
     }
 }
@@ -381,78 +381,71 @@ impl Widen for WidenQ8 {
     }
 }
 
-impl KvElem for Q8Block {
-    fn attend_group_on(
-        isa: Isa,
-        q: &[f32],
-        hd: usize,
-        keys: &[Q8Block],
-        values: &[Q8Block],
-        scale: f32,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: every caller checked that this CPU supports `isa` (`check_isa`).
-            Isa::Avx512 => unsafe { group_q8_avx512(q, hd, keys, values, scale, scores, out) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above, AVX2.
-            Isa::Avx2 => unsafe { group_q8_avx2(q, hd, keys, values, scale, scores, out) },
-            _ => attend_group::<WidenQ8>(q, hd, keys, values, scale, scores, out),
+/// [`KvElem`] for a cache element type: its attention is [`attend_group`] compiled for
+/// AVX-512, for AVX2 and portably (one source, vectorised at each width), each with the row
+/// widener named for it.
+macro_rules! kv_elem {
+    ($elem:ty, portable: $wp:ty, avx512: $w512:ty, avx2: $w2:ty, max_head_dim: $max:expr,
+     per: $per:expr) => {
+        impl KvElem for $elem {
+            fn attend_group_on(
+                isa: Isa,
+                q: &[f32],
+                hd: usize,
+                keys: &[$elem],
+                values: &[$elem],
+                scale: f32,
+                scores: &mut [f32],
+                out: &mut [f32],
+            ) {
+                #[cfg(target_arch = "x86_64")]
+                #[target_feature(enable = "avx512f")]
+                fn on_avx512(
+                    q: &[f32],
+                    hd: usize,
+                    keys: &[$elem],
+                    values: &[$elem],
+                    scale: f32,
+                    scores: &mut [f32],
+                    out: &mut [f32],
+                ) {
+                    attend_group::<$w512>(q, hd, keys, values, scale, scores, out)
+                }
+                #[cfg(target_arch = "x86_64")]
+                #[target_feature(enable = "avx2")]
+                fn on_avx2(
+                    q: &[f32],
+                    hd: usize,
+                    keys: &[$elem],
+                    values: &[$elem],
+                    scale: f32,
+                    scores: &mut [f32],
+                    out: &mut [f32],
+                ) {
+                    attend_group::<$w2>(q, hd, keys, values, scale, scores, out)
+                }
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: every caller checked that this CPU supports `isa` (`check_isa`).
+                    Isa::Avx512 => unsafe { on_avx512(q, hd, keys, values, scale, scores, out) },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above, AVX2.
+                    Isa::Avx2 => unsafe { on_avx2(q, hd, keys, values, scale, scores, out) },
+                    _ => attend_group::<$wp>(q, hd, keys, values, scale, scores, out),
+                }
+            }
+            const MAX_HEAD_DIM: usize = $max;
+            const PER: usize = $per;
         }
-    }
-    const MAX_HEAD_DIM: usize = WIDEN_MAX_HEAD_DIM;
-    const PER: usize = Q8Block::LEN;
+    };
 }
 
-impl KvElem for f32 {
-    fn attend_group_on(
-        isa: Isa,
-        q: &[f32],
-        hd: usize,
-        keys: &[f32],
-        values: &[f32],
-        scale: f32,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: every caller checked that this CPU supports `isa` (`check_isa`).
-            Isa::Avx512 => unsafe { group_f32_avx512(q, hd, keys, values, scale, scores, out) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above, AVX2.
-            Isa::Avx2 => unsafe { group_f32_avx2(q, hd, keys, values, scale, scores, out) },
-            _ => attend_group::<RowsF32>(q, hd, keys, values, scale, scores, out),
-        }
-    }
-    const MAX_HEAD_DIM: usize = usize::MAX;
-}
-
-impl KvElem for f16 {
-    fn attend_group_on(
-        isa: Isa,
-        q: &[f32],
-        hd: usize,
-        keys: &[f16],
-        values: &[f16],
-        scale: f32,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: every caller checked that this CPU supports `isa` (`check_isa`).
-            Isa::Avx512 => unsafe { group_f16_avx512(q, hd, keys, values, scale, scores, out) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above, AVX2.
-            Isa::Avx2 => unsafe { group_f16_avx2(q, hd, keys, values, scale, scores, out) },
-            _ => attend_group::<WidenF16>(q, hd, keys, values, scale, scores, out),
-        }
-    }
-    const MAX_HEAD_DIM: usize = WIDEN_MAX_HEAD_DIM;
-}
+kv_elem!(f32, portable: RowsF32, avx512: RowsF32, avx2: RowsF32, max_head_dim: usize::MAX,
+         per: 1);
+kv_elem!(f16, portable: WidenF16, avx512: WidenF16Avx512, avx2: WidenF16,
+         max_head_dim: WIDEN_MAX_HEAD_DIM, per: 1);
+kv_elem!(Q8Block, portable: WidenQ8, avx512: WidenQ8, avx2: WidenQ8,
+         max_head_dim: WIDEN_MAX_HEAD_DIM, per: Q8Block::LEN);
 
 /// The f16 and q8_0 attentions widen rows into stack buffers of this many floats (4 value rows).
 const WIDEN_MAX_HEAD_DIM: usize = 256;
@@ -550,33 +543,6 @@ fn attend_group<W: Widen>(
         }
     }
 }
-
-/// The ISA-compiled copies of [`attend_group`]: the same source, vectorised at each width.
-macro_rules! group_on_isa {
-    ($name:ident, $feature:literal, $elem:ty, $w:ty) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = $feature)]
-        #[allow(clippy::too_many_arguments)]
-        fn $name(
-            q: &[f32],
-            hd: usize,
-            keys: &[$elem],
-            values: &[$elem],
-            scale: f32,
-            scores: &mut [f32],
-            out: &mut [f32],
-        ) {
-            attend_group::<$w>(q, hd, keys, values, scale, scores, out)
-        }
-    };
-}
-
-group_on_isa!(group_f32_avx512, "avx512f", f32, RowsF32);
-group_on_isa!(group_f32_avx2, "avx2", f32, RowsF32);
-group_on_isa!(group_f16_avx512, "avx512f", f16, WidenF16Avx512);
-group_on_isa!(group_f16_avx2, "avx2", f16, WidenF16);
-group_on_isa!(group_q8_avx512, "avx512f", Q8Block, WidenQ8);
-group_on_isa!(group_q8_avx2, "avx2", Q8Block, WidenQ8);
 
 /// [`attention`] for the rows of several sequences in one pool job (a batched decode step):
 /// `q` and `out` hold the rows of `spans[0]`, then of `spans[1]`, ...; each row attends

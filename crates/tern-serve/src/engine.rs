@@ -107,12 +107,10 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Bytes of the KV cache a sequence of up to `tokens` tokens (prompt + generated) takes.
     pub fn kv_bytes(&self, tokens: usize) -> usize {
-        kv_bytes(
-            &self.loaded.model.config,
-            self.kv_type,
-            cache_tokens(tokens, self.ctx),
-        )
+        let capacity = cache_tokens(tokens, self.ctx);
+        KvCache::bytes_for(&self.loaded.model.config, capacity, self.kv_type)
     }
+
     /// Queues `job`, or says 429 when the queue is full.
     pub fn submit(&self, job: Job) -> Result<(), ApiError> {
         // Counted before the send: the engine may take the job (and decrement) at once.
@@ -135,10 +133,6 @@ impl EngineHandle {
 /// that freed caches fit later sequences of about the same size; at most `ctx`.
 fn cache_tokens(tokens: usize, ctx: usize) -> usize {
     tokens.max(1).div_ceil(64).saturating_mul(64).min(ctx)
-}
-
-fn kv_bytes(c: &tern_model::ModelConfig, ty: KvType, capacity: usize) -> usize {
-    KvCache::bytes_for(c, capacity, ty)
 }
 
 /// How an engine runs: sequences at once, waiting jobs, KV budget (bytes; 0 = `parallel`
@@ -165,7 +159,11 @@ pub fn spawn(
     let parallel = limits.parallel.max(1);
     let kv_type = session.kv_type();
     let kv_budget = if limits.kv_budget == 0 {
-        parallel.saturating_mul(kv_bytes(&session.loaded.model.config, kv_type, ctx))
+        parallel.saturating_mul(KvCache::bytes_for(
+            &session.loaded.model.config,
+            ctx,
+            kv_type,
+        ))
     } else {
         limits.kv_budget
     };
@@ -237,6 +235,8 @@ struct Seq {
     counts: HashMap<u32, u32>,
     /// When the last token was sampled (inter-token latency).
     last_at: Option<Instant>,
+    /// The raw logits, when the job asked for log-probabilities.
+    logprobs: LogSoftmax,
 }
 
 impl Engine {
@@ -273,7 +273,7 @@ impl Engine {
                 continue;
             }
             let tokens = cache_tokens(job.prompt.len() + job.max_new, self.ctx);
-            let need = kv_bytes(&self.session.loaded.model.config, self.kv_type, tokens);
+            let need = KvCache::bytes_for(&self.session.loaded.model.config, tokens, self.kv_type);
             if job.prompt.is_empty() || need > self.kv_budget {
                 // The handlers refuse both; a job that slips through still gets an answer.
                 self.metrics.queue_depth.fetch_sub(1, Relaxed);
@@ -317,6 +317,7 @@ impl Engine {
                 last: None,
                 counts: HashMap::new(),
                 last_at: None,
+                logprobs: LogSoftmax::default(),
             });
         }
         true
@@ -476,13 +477,12 @@ enum Step {
 impl Seq {
     /// Samples the next token from `self.logits` and sends it.
     fn sample_and_send(&mut self, loaded: &Loaded, metrics: &Metrics) -> Step {
-        let lp = self
-            .job
-            .logprobs
-            .map(|top| LogSoftmax::new(&self.logits, top));
+        if self.job.logprobs.is_some() {
+            self.logprobs.keep(&self.logits);
+        }
         self.apply_penalties();
         let tok = self.sampler.sample(&mut self.logits, &[]);
-        let lp = lp.map(|l| l.of(tok));
+        let lp = self.job.logprobs.map(|top| self.logprobs.of(tok, top));
         let now = Instant::now();
         match self.last_at {
             None => metrics.ttft.observe(now - self.job.arrived),
@@ -526,49 +526,41 @@ impl Seq {
     }
 }
 
-/// The log-softmax of one row of logits, kept as what a [`TokenLogprob`] needs: the
-/// normaliser, the top tokens, and the raw logits (the sampler changes its copy in place).
+/// The log-softmax of one row of logits, kept for a [`TokenLogprob`]: the raw row (the
+/// sampler changes its copy in place) and its normaliser. One per sequence, its buffers reused
+/// from token to token.
+#[derive(Default)]
 struct LogSoftmax {
     lse: f32,
-    top: Vec<(u32, f32)>,
     raw: Vec<f32>,
+    idx: Vec<u32>,
 }
 
 impl LogSoftmax {
-    fn new(logits: &[f32], top: usize) -> Self {
+    /// Keeps `logits` (before penalties and sampling) and their log-sum-exp.
+    fn keep(&mut self, logits: &[f32]) {
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let sum: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
-        let lse = max + sum.ln() as f32;
-        // The `top` largest, ties by lower id.
-        let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-        let by = |a: &u32, b: &u32| {
-            logits[*b as usize]
-                .total_cmp(&logits[*a as usize])
-                .then(a.cmp(b))
-        };
-        let k = top.min(idx.len());
-        if k > 0 && k < idx.len() {
-            idx.select_nth_unstable_by(k - 1, by);
-        }
-        idx.truncate(k);
-        idx.sort_by(by);
-        LogSoftmax {
-            lse,
-            top: idx
-                .into_iter()
-                .map(|t| (t, logits[t as usize] - lse))
-                .collect(),
-            raw: logits.to_vec(),
-        }
+        self.lse = max + sum.ln() as f32;
+        self.raw.clear();
+        self.raw.extend_from_slice(logits);
     }
 
-    fn of(self, tok: u32) -> TokenLogprob {
+    /// The log-probability of `tok` and of the `top` most likely tokens (ties by lower id).
+    fn of(&mut self, tok: u32, top: usize) -> TokenLogprob {
+        let (raw, lse) = (&self.raw, self.lse);
+        self.idx.clear();
+        self.idx.extend(0..raw.len() as u32);
+        let by = |a: &u32, b: &u32| raw[*b as usize].total_cmp(&raw[*a as usize]).then(a.cmp(b));
+        let k = top.min(self.idx.len());
+        if k > 0 && k < self.idx.len() {
+            self.idx.select_nth_unstable_by(k - 1, by);
+        }
+        let best = &mut self.idx[..k];
+        best.sort_by(by);
         TokenLogprob {
-            logprob: self
-                .raw
-                .get(tok as usize)
-                .map_or(f32::NEG_INFINITY, |l| l - self.lse),
-            top: self.top,
+            logprob: raw.get(tok as usize).map_or(f32::NEG_INFINITY, |l| l - lse),
+            top: best.iter().map(|&t| (t, raw[t as usize] - lse)).collect(),
         }
     }
 }
@@ -581,13 +573,15 @@ mod tests {
     fn log_softmax_and_top_tokens() {
         let l = [1.0f32, 3.0, 2.0, 3.0];
         let lse = (1.0f64.exp() + 2.0 * 3.0f64.exp() + 2.0f64.exp()).ln() as f32;
-        let t = LogSoftmax::new(&l, 3).of(2);
+        let mut ls = LogSoftmax::default();
+        ls.keep(&l);
+        let t = ls.of(2, 3);
         assert!((t.logprob - (2.0 - lse)).abs() < 1e-6);
         let ids: Vec<u32> = t.top.iter().map(|p| p.0).collect();
         assert_eq!(ids, [1, 3, 2], "most likely first, ties by id");
         let total: f32 = l.iter().map(|&x| (x - lse).exp()).sum();
         assert!((total - 1.0).abs() < 1e-6);
-        assert!(LogSoftmax::new(&l, 0).of(0).top.is_empty());
-        assert_eq!(LogSoftmax::new(&l, 10).of(0).top.len(), 4);
+        assert!(ls.of(0, 0).top.is_empty());
+        assert_eq!(ls.of(0, 10).top.len(), 4);
     }
 }

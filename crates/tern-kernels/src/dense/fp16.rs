@@ -78,17 +78,12 @@ pub fn gemv_f16_rows_with(
         gemv(w, m, k, x, y, pool, isa);
         return;
     }
-    super::gemv_rows(
-        w,
-        (m, k),
-        x,
-        n,
-        y,
-        pool,
-        isa,
-        rows_f16,
-        Some(rows_f16_multi),
-    );
+    // The register-tiled kernel where there is one (AVX-512), else one row at a time.
+    #[cfg(target_arch = "x86_64")]
+    let multi = (isa == Isa::Avx512 && k > 0).then_some(rows_f16_multi as super::MultiRows<f16>);
+    #[cfg(not(target_arch = "x86_64"))]
+    let multi = None;
+    super::gemv_rows(w, (m, k), x, n, y, pool, isa, rows_f16, multi);
 }
 
 /// `y[o] = dot(w row o, x)` for the `y.len()` rows in `w` (`w.len() == y.len() * k`).
@@ -144,36 +139,36 @@ unsafe fn rows_f16_avx512(w: &[f16], k: usize, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// [`rows_f16`] for `n` activation rows `x` (`[n][k]`) into `out` (`[n][w rows]`): on
-/// AVX-512 in register tiles of 2 weight rows x 4 activation rows (the batched LM head was
-/// bound by weight conversions repeated per activation row and by activation loads repeated
-/// per weight row); every dot product has the bits of `rows_f16` of its row.
-fn rows_f16_multi(w: &[f16], k: usize, x: &[f32], n: usize, out: &mut [f32], isa: Isa) {
-    let m = w.len() / k.max(1);
-    debug_assert!(w.len() == m * k && x.len() == n * k && out.len() == n * m);
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && k > 0 {
-        // SAFETY: every caller checked that the CPU supports AVX-512 (`check_isa`); the
-        // lengths are asserted by `gemv_rows`.
-        unsafe { rows_f16_multi_avx512(w, k, x, n, out) };
-        return;
-    }
-    for t in 0..n {
-        rows_f16(
-            w,
-            k,
-            &x[t * k..(t + 1) * k],
-            &mut out[t * m..(t + 1) * m],
-            isa,
-        );
-    }
+/// [`rows_f16`] for `n` activation rows `x` (`[n][k]`), each dot product handed to
+/// `store(t, o, v)`: register tiles of 2 weight rows x 4 activation rows (the batched LM head
+/// was bound by weight conversions repeated per activation row and by activation loads repeated
+/// per weight row), every dot product with the bits of `rows_f16` of its row. AVX-512 only:
+/// `gemv_f16_rows_with` picks it for `Isa::Avx512` and `k > 0`.
+#[cfg(target_arch = "x86_64")]
+fn rows_f16_multi(
+    w: &[f16],
+    k: usize,
+    x: &[f32],
+    n: usize,
+    store: &mut dyn FnMut(usize, usize, f32),
+) {
+    assert!(k > 0 && w.len().is_multiple_of(k) && x.len() == n * k);
+    // SAFETY: the caller selected this kernel for `Isa::Avx512`, whose support `check_isa`
+    // checked; the lengths are asserted above and by `gemv_rows`.
+    unsafe { rows_f16_multi_avx512(w, k, x, n, store) };
 }
 
 /// # Safety
-/// AVX-512 F/BW/VL; `w.len() == m * k`, `x.len() == n * k`, `out.len() == n * m`, `k > 0`.
+/// AVX-512 F/BW/VL; `w.len() == m * k`, `x.len() == n * k`, `k > 0`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn rows_f16_multi_avx512(w: &[f16], k: usize, x: &[f32], n: usize, out: &mut [f32]) {
+unsafe fn rows_f16_multi_avx512(
+    w: &[f16],
+    k: usize,
+    x: &[f32],
+    n: usize,
+    store: &mut dyn FnMut(usize, usize, f32),
+) {
     let m = w.len() / k;
     let wp = w.as_ptr().cast::<u16>();
     // Tiles of R weight rows x T activation rows: each weight chunk is converted once for T
@@ -188,7 +183,7 @@ unsafe fn rows_f16_multi_avx512(w: &[f16], k: usize, x: &[f32], n: usize, out: &
             let d = unsafe { dot_tile_avx512::<$r, $t>(wp.add(o * k), k, xs) };
             for (r, row) in d.iter().enumerate() {
                 for (i, &v) in row.iter().enumerate() {
-                    out[(t0 + i) * m + o + r] = v;
+                    store(t0 + i, o + r, v);
                 }
             }
         }};

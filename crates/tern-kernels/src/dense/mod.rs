@@ -141,21 +141,14 @@ fn gemv_rows<T: Sync>(
     let parts = Cols::new(y, n, m, 1).align(ROW_UNIT);
     pool.run_split(tasks, parts, &|_, mut y| {
         let cols = y.cols();
-        // `[n][rows of the block]`, for `multi`.
-        let mut tmp = Vec::new();
         let mut r0 = cols.start;
         while r0 < cols.end {
             let r1 = (r0 + block).min(cols.end);
             let wb = &w[r0 * k..r1 * k];
             match multi {
-                Some(multi) => {
-                    let len = r1 - r0;
-                    tmp.resize(n * len, 0.0);
-                    multi(wb, k, x, n, &mut tmp, isa);
-                    for (t, part) in tmp.chunks_exact(len).enumerate() {
-                        y.row(t)[r0 - cols.start..r1 - cols.start].copy_from_slice(part);
-                    }
-                }
+                Some(multi) => multi(wb, k, x, n, &mut |t, o, v| {
+                    y.row(t)[r0 - cols.start + o] = v
+                }),
                 None => {
                     for t in 0..n {
                         let out = &mut y.row(t)[r0 - cols.start..r1 - cols.start];
@@ -168,10 +161,10 @@ fn gemv_rows<T: Sync>(
     });
 }
 
-/// A kernel of [`gemv_rows`] that takes every activation row at once:
-/// `out[t * rows + o] = dot(w row o, x row t)` with the bits of its `rows` kernel, the weights
-/// of the block converted once for all activation rows.
-type MultiRows<T> = fn(&[T], usize, &[f32], usize, &mut [f32], crate::cpu::Isa);
+/// A kernel of [`gemv_rows`] that takes every activation row at once, the weights of the block
+/// converted once for all of them: `store(t, o, dot(w row o, x row t))` with the bits of the
+/// `rows` kernel, straight into the output (no buffer per call on the decode path).
+type MultiRows<T> = fn(&[T], usize, &[f32], usize, &mut dyn FnMut(usize, usize, f32));
 
 #[cfg(test)]
 mod rows_tests {
