@@ -12,6 +12,8 @@ use tern_model::model::{synthetic_bytes, SyntheticHead, SyntheticWeights};
 use tern_model::session::resolve_threads;
 use tern_model::{KvType, Model, State};
 
+use crate::counters::{Cost, Meter};
+
 /// `--dense`: the FP baseline of a synthetic shape.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DenseArg {
@@ -24,13 +26,17 @@ pub struct Args {
     /// A Hugging Face model directory or GGUF file to benchmark; none (and no --shape): the
     /// bundled model.
     model: Option<PathBuf>,
-    /// A synthetic model of a named shape with random weights: 700m, 1.3b, 2b4t, 3b, 7b, 13b,
-    /// 30b, 70b.
+    /// A synthetic model of a named shape with random weights: 700m, 1.3b, 2b4t, 3b, 3.9b, 7b,
+    /// 13b, 30b, 70b.
     #[arg(long, conflicts_with = "model")]
     shape: Option<String>,
     /// Dense projections instead of ternary (the FP baseline of the same shape).
     #[arg(long, value_enum, requires = "shape")]
     dense: Option<DenseArg>,
+    /// Only the first K blocks of the shape (a whole-layer slice with the real widths, for
+    /// shapes that do not fit in memory; `tern bench paper` scales two slices to the whole).
+    #[arg(long, requires = "shape")]
+    layers: Option<usize>,
     /// Ternary compute layout.
     #[arg(long, value_enum, default_value_t = LayoutArg::Tern2)]
     layout: LayoutArg,
@@ -131,7 +137,21 @@ pub fn run(args: &Args) -> Result<()> {
     // Decode is judged against the read bandwidth measured beside it (one probe per rep).
     let probe = crate::bench_kernels::probe_buffer(512 << 20);
     let mut bw = Vec::new();
+    // What decoding cost (CPU time; RAPL energy and instructions where the machine gives
+    // them), summed over the tg runs' decode loops only.
+    let meter = Meter::open();
+    let mut costs = Vec::new();
+    // One untimed decode first (llama-bench's warm-up): first touches of the cache and
+    // scratch, the pool's first wake-ups.
+    if !args.gen.is_empty() {
+        state.reset();
+        for _ in 0..4 {
+            let t = rng.below(vocab) as u32;
+            model.forward(&[t], &mut state, Logits::Last, &pool)?;
+        }
+    }
     for &n in &args.gen {
+        let mut cost = Cost::default();
         let secs = median_of(args.reps, || {
             bw.push(crate::bench_kernels::bandwidth_sample(&probe, &pool));
             state.reset();
@@ -139,13 +159,17 @@ pub fn run(args: &Args) -> Result<()> {
                 state.fill_random(args.depth, 11)?;
             }
             let mut tok = rng.below(vocab) as u32;
+            let before = meter.read();
             let t = Instant::now();
             for _ in 0..n {
                 let logits = model.forward(&[tok], &mut state, Logits::Last, &pool)?;
                 tok = argmax(logits);
             }
-            Ok(t.elapsed().as_secs_f64())
+            let secs = t.elapsed().as_secs_f64();
+            cost.add(&meter.since(&before));
+            Ok(secs)
         })?;
+        costs.push(cost.per(n * args.reps.max(1)));
         let test = if args.depth > 0 {
             format!("tg{n}@d{}", args.depth)
         } else {
@@ -155,7 +179,10 @@ pub fn run(args: &Args) -> Result<()> {
     }
     bw.sort_by(|a, b| a.total_cmp(b));
     let bandwidth = bw.get(bw.len() / 2).copied();
+    let mut costs = costs.into_iter();
+    let weight_bytes = model.weight_bytes();
     for (test, tps) in rows {
+        let cost = test.starts_with("tg").then(|| costs.next()).flatten();
         // Share of the roofline: bytes a token reads (weights, plus the KV cache averaged over
         // the run) per second over the read bandwidth.
         let read = test
@@ -169,7 +196,15 @@ pub fn run(args: &Args) -> Result<()> {
                 "threads": threads, "tokens_per_s": tps, "peak_rss_bytes": rss,
                 "bytes_per_token": model.bytes_per_token(),
                 "kv_type": KvType::from(args.kv_type).name(), "depth": args.depth,
+                "weight_bytes": weight_bytes, "layers": model.config.num_layers,
+                "reps": args.reps.max(1),
             });
+            if let Some(c) = &cost {
+                o["cpu_s_per_token"] = c.cpu_s.into();
+                o["energy_j_per_token"] = c.joules.into();
+                o["instructions_per_token"] = c.instructions.into();
+                o["counters"] = meter.sources();
+            }
             if let (Some(r), Some(b)) = (roofline, bandwidth) {
                 o["read_bandwidth_gb_per_s"] = b.into();
                 o["roofline_fraction"] = r.into();
@@ -246,13 +281,22 @@ fn print_profile(model: &Model, state: &State, n: usize, depth: usize, bw: Optio
 }
 
 fn synthetic(args: &Args, shape: &str) -> Result<Model> {
-    let config = tern_model::shapes::named(shape).with_context(|| {
+    let mut config = tern_model::shapes::named(shape).with_context(|| {
         let names: Vec<&str> = tern_model::shapes::NAMES.iter().map(|n| n.0).collect();
         format!(
             "unknown shape {shape:?} (expected one of {})",
             names.join(", ")
         )
     })?;
+    if let Some(k) = args.layers {
+        if k == 0 || k > config.num_layers {
+            bail!(
+                "--layers {k}: shape {shape} has {} layers",
+                config.num_layers
+            );
+        }
+        config.num_layers = k;
+    }
     let weights = match args.dense {
         None => SyntheticWeights::Ternary(args.layout.into()),
         Some(DenseArg::F16) => SyntheticWeights::F16,

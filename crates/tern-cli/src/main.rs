@@ -3,8 +3,10 @@
 mod bench_batch;
 mod bench_kernels;
 mod bench_model;
+mod bench_paper;
 mod bench_serve;
 mod convert;
+mod counters;
 mod perplexity;
 mod plot;
 mod run;
@@ -61,6 +63,9 @@ enum BenchWhat {
     /// The paper's Table 3: the largest batch under a memory budget, ternary vs FP16, and
     /// the decode throughput at that batch.
     Batch(bench_batch::Args),
+    /// The paper's latency, memory and energy claims, 700M to 70B, BitNet b1.58 against FP16
+    /// of the same shapes on this machine (docs/paper.md).
+    Paper(bench_paper::Args),
 }
 
 fn main() {
@@ -88,6 +93,9 @@ fn main() {
         Command::Bench {
             what: BenchWhat::Batch(args),
         } => bench_batch::run(&args),
+        Command::Bench {
+            what: BenchWhat::Paper(args),
+        } => bench_paper::run(&args),
     };
     if let Err(e) = result {
         eprintln!("tern: error: {}", error_line(&e));

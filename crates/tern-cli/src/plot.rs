@@ -74,9 +74,23 @@ fn smooth(points: &[(f64, f64)], alpha: f64) -> Vec<(f64, f64)> {
         .collect()
 }
 
-pub fn run(a: &Args) -> Result<()> {
+/// Makes the embedded font plotters' "sans-serif" (charts need no system fonts).
+pub fn register_font() -> Result<()> {
     plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
-        .map_err(|_| anyhow::anyhow!("the embedded font does not load"))?;
+        .map_err(|_| anyhow::anyhow!("the embedded font does not load"))
+}
+
+/// RGB pixels as a PNG file's bytes.
+pub fn encode_png(pixels: &[u8], width: u32, height: u32) -> Result<Vec<u8>> {
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(pixels, width, height, image::ColorType::Rgb8)
+        .context("encoding the PNG")?;
+    Ok(png)
+}
+
+pub fn run(a: &Args) -> Result<()> {
+    register_font()?;
     let series = a
         .runs
         .iter()
@@ -95,10 +109,7 @@ pub fn run(a: &Args) -> Result<()> {
     // is an ordinary I/O error naming it, and no half-written PNG is left behind.
     let mut pixels = vec![0u8; a.width as usize * a.height as usize * 3];
     draw(&mut pixels, a, &series, xmax, (ymin * 0.97)..ymax)?;
-    let mut png = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut png)
-        .write_image(&pixels, a.width, a.height, image::ColorType::Rgb8)
-        .context("encoding the PNG")?;
+    let png = encode_png(&pixels, a.width, a.height)?;
     tern_io::write_atomic(&a.out, &png).with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!(
         "tern: wrote {} ({} runs; thin lines: training loss, smoothed; thick: validation)",

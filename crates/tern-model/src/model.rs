@@ -418,6 +418,31 @@ impl Model {
         proj + self.head_bytes() + self.embed.byte_len() / c.vocab_size.max(1)
     }
 
+    /// Bytes of every weight the model holds: embedding table, projections, an untied head
+    /// and the norms (the "memory" of the paper's Table 1, without KV cache and buffers).
+    pub fn weight_bytes(&self) -> usize {
+        let proj: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                let norms = l.attn_norm.len()
+                    + l.ffn_norm.len()
+                    + l.attn_sub_norm.as_ref().map_or(0, Vec::len)
+                    + l.ffn_sub_norm.as_ref().map_or(0, Vec::len);
+                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                    .iter()
+                    .map(|p| p.byte_len())
+                    .sum::<usize>()
+                    + 4 * norms
+            })
+            .sum();
+        let head = match self.head {
+            Head::Tied => 0,
+            _ => self.head_bytes(),
+        };
+        proj + self.embed.byte_len() + head + 4 * self.norm.len()
+    }
+
     /// Bytes the LM head reads per decoded token.
     pub fn head_bytes(&self) -> usize {
         match &self.head {

@@ -20,6 +20,10 @@ pub const NAMES: &[(&str, &str)] = &[
         "3b",
         "bitnet_b1_58-3B (1bitLLM): 26 layers, 3200 hidden, SiLU",
     ),
+    (
+        "3.9b",
+        "the paper's 3.9B (dimensions unpublished): the 3B widths with 31 layers",
+    ),
     ("7b", "LLaMA 7B shape: 32 layers, 4096 hidden"),
     ("13b", "LLaMA 13B shape: 40 layers, 5120 hidden"),
     ("30b", "LLaMA 30B (32.5B) shape: 60 layers, 6656 hidden"),
@@ -84,6 +88,21 @@ pub fn named(name: &str) -> Option<ModelConfig> {
         ),
         "3b" => (
             26,
+            3200,
+            8640,
+            32,
+            32,
+            100,
+            32002,
+            2048,
+            Activation::Silu,
+            10000.0,
+            2,
+        ),
+        // The paper gives no dimensions for its 3.9B; assumed: bitnet_b1_58-3B's widths with
+        // the layer count that makes 3.94B parameters (tied embedding).
+        "3.9b" => (
+            31,
             3200,
             8640,
             32,
