@@ -62,9 +62,13 @@ pub struct Args {
     /// Output directory: report.md, results.jsonl and the PNG charts.
     #[arg(long, short, default_value = "bench-paper")]
     out: PathBuf,
-    /// Redraw the report and charts from an earlier run's results.jsonl (no measuring).
-    #[arg(long)]
-    from_jsonl: Option<PathBuf>,
+    /// Which models of each shape: b1.58, fp16 or both.
+    #[arg(long, value_delimiter = ',', default_value = "b1.58,fp16")]
+    models: Vec<String>,
+    /// Redraw the report and charts from earlier runs' results.jsonl files (no measuring); a
+    /// row of a later file replaces the same shape and model of an earlier one.
+    #[arg(long, num_args = 1..)]
+    from_jsonl: Vec<PathBuf>,
 }
 
 /// What a child `tern bench model --json` reported: its pp and tg rows.
@@ -78,19 +82,33 @@ fn f(v: &Value, k: &str) -> Option<f64> {
 }
 
 pub fn run(a: &Args) -> Result<()> {
-    if let Some(p) = &a.from_jsonl {
-        let text =
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-        let rows = text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| {
-                serde_json::from_str(l)
-                    .with_context(|| format!("{} line {}: invalid JSON", p.display(), i + 1))
-            })
-            .collect::<Result<Vec<Value>>>()?;
+    if !a.from_jsonl.is_empty() {
+        let mut rows: Vec<Value> = Vec::new();
+        for p in &a.from_jsonl {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            for (i, l) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let r: Value = serde_json::from_str(l)
+                    .with_context(|| format!("{} line {}: invalid JSON", p.display(), i + 1))?;
+                match rows
+                    .iter_mut()
+                    .find(|x| x["shape"] == r["shape"] && x["model"] == r["model"])
+                {
+                    Some(old) => *old = r,
+                    None => rows.push(r),
+                }
+            }
+        }
         return report::write_all(&a.out, &rows, None);
+    }
+    for m in &a.models {
+        if m != "b1.58" && m != "fp16" {
+            bail!("--models: unknown model {m:?} (b1.58, fp16)");
+        }
     }
     let shapes: Vec<String> = match &a.shapes {
         Some(s) => s.clone(),
@@ -129,11 +147,11 @@ pub fn run(a: &Args) -> Result<()> {
     };
     let machine = cpu_name();
     let start = Instant::now();
-    let total = shapes.len() * 2;
+    let total = shapes.len() * a.models.len();
     let mut rows = Vec::new();
     for (i, shape) in shapes.iter().enumerate() {
-        for (j, model) in ["b1.58", "fp16"].into_iter().enumerate() {
-            let step = 2 * i + j + 1;
+        for (j, model) in a.models.iter().map(String::as_str).enumerate() {
+            let step = a.models.len() * i + j + 1;
             let cell = plan.measure(shape, model, |what| {
                 eprintln!(
                     "[{step:>2}/{total} {:>5.0}s] {shape} {model}: {what}",
