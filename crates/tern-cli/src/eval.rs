@@ -109,7 +109,10 @@ pub fn run(a: &Args) -> Result<()> {
         .iter()
         .map(|n| TaskSpec::named(n))
         .collect::<Result<Vec<_>, _>>()?;
-    let data_dir = a.data_dir.clone().unwrap_or_else(tern_eval::default_data_dir);
+    let data_dir = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(tern_eval::default_data_dir);
     // Every task's data is read before anything runs, so a missing file fails at once.
     let docs = specs
         .iter()
@@ -196,20 +199,16 @@ fn progress_bar(task: &str, total: u64) -> Option<ProgressBar> {
     }
     let b = ProgressBar::new(total);
     b.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>14} {pos:>6}/{len} [{bar:30}] {per_sec} ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{prefix:>14} {pos:>6}/{len} [{bar:30}] {per_sec} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     b.set_prefix(task.to_string());
     Some(b)
 }
 
 fn metric_cell(m: Option<tern_eval::Metric>) -> String {
-    m.map_or("-".into(), |m| {
-        format!("{:.4} ± {:.4}", m.value, m.stderr)
-    })
+    m.map_or("-".into(), |m| format!("{:.4} ± {:.4}", m.value, m.stderr))
 }
 
 /// The harness's table: one row per task.

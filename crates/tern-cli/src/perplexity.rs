@@ -162,7 +162,11 @@ fn llama_compat(a: &Args) -> Result<()> {
         );
     }
     let n_max = ids.len() / ctx;
-    let n_chunk = if a.chunks == 0 { n_max } else { a.chunks.min(n_max) };
+    let n_chunk = if a.chunks == 0 {
+        n_max
+    } else {
+        a.chunks.min(n_max)
+    };
     let first = ctx / 2;
     let v = loaded.model.config.vocab_size;
     let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);

@@ -177,7 +177,10 @@ pub fn evaluate(
         progress(done, n);
     }
     if n == 0 {
-        return Err(EvalError::Other(format!("task {}: no documents", spec.name)));
+        return Err(EvalError::Other(format!(
+            "task {}: no documents",
+            spec.name
+        )));
     }
     Ok(TaskResult {
         task: spec.name,

@@ -62,7 +62,10 @@ pub fn encode_pair(
     }
     let trimmed = context.trim_end_matches(|c: char| c.is_whitespace());
     let (context, continuation) = if trimmed.len() < context.len() {
-        (trimmed, format!("{}{continuation}", &context[trimmed.len()..]))
+        (
+            trimmed,
+            format!("{}{continuation}", &context[trimmed.len()..]),
+        )
     } else {
         (context, continuation.to_string())
     };
@@ -153,7 +156,7 @@ impl<'m> Scorer<'m> {
         all.pop();
         let drop = all.len().saturating_sub(self.ctx);
         let input = all[drop..].to_vec();
-        let first = input.len() + 1 - n - 1;
+        let first = input.len() - n;
         Ok((input, first))
     }
 

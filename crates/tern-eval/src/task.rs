@@ -142,16 +142,16 @@ pub fn load(spec: &TaskSpec, data_dir: &Path) -> Result<Vec<Doc>, EvalError> {
         path: path.display().to_string(),
         source,
     };
+    // Gzipped (the fetched files) or plain JSON Lines, told by the gzip magic bytes.
+    let raw = std::fs::read(&path).map_err(io)?;
     let mut text = String::new();
-    let file = std::fs::File::open(&path).map_err(io)?;
-    if path.extension().is_some_and(|e| e == "gz") {
-        flate2::read::GzDecoder::new(file)
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::GzDecoder::new(&raw[..])
             .read_to_string(&mut text)
             .map_err(io)?;
     } else {
-        std::io::BufReader::new(file)
-            .read_to_string(&mut text)
-            .map_err(io)?;
+        text = String::from_utf8(raw)
+            .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
     }
     parse(spec, &text, &path.display().to_string())
 }
@@ -251,7 +251,12 @@ pub fn build(task: &str, id: u64, doc: &Value) -> Result<Doc, String> {
                 .as_u64()
                 .filter(|&l| l < 2)
                 .ok_or("field \"label\" missing or not 0/1")?;
-            Doc::mc(id, ctx, vec![s("sol1")?.into(), s("sol2")?.into()], g as usize)
+            Doc::mc(
+                id,
+                ctx,
+                vec![s("sol1")?.into(), s("sol2")?.into()],
+                g as usize,
+            )
         }
         "sciq" => {
             let ctx = format!(
@@ -259,10 +264,15 @@ pub fn build(task: &str, id: u64, doc: &Value) -> Result<Doc, String> {
                 s("support")?.trim_start(),
                 s("question")?
             );
-            let choices = ["distractor1", "distractor2", "distractor3", "correct_answer"]
-                .iter()
-                .map(|k| s(k).map(String::from))
-                .collect::<Result<Vec<_>, _>>()?;
+            let choices = [
+                "distractor1",
+                "distractor2",
+                "distractor3",
+                "correct_answer",
+            ]
+            .iter()
+            .map(|k| s(k).map(String::from))
+            .collect::<Result<Vec<_>, _>>()?;
             Doc::mc(id, ctx, choices, 3)
         }
         // Partial scoring: each option completes the sentence up to the blank; the rest of
@@ -312,7 +322,8 @@ pub fn fewshot_prefix(docs: &[Doc], index: usize, k: usize, seed: u64) -> String
     if k == 0 || docs.len() < 2 {
         return String::new();
     }
-    let mut rng = tern_kernels::rng::Rng::new(seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng =
+        tern_kernels::rng::Rng::new(seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut picked: Vec<usize> = Vec::with_capacity(k);
     let k = k.min(docs.len() - 1);
     while picked.len() < k {
@@ -332,7 +343,10 @@ pub fn chance(spec: &TaskSpec, docs: &[Doc]) -> f64 {
     match spec.kind {
         Kind::Loglikelihood => 0.0,
         Kind::MultipleChoice { .. } => {
-            docs.iter().map(|d| 1.0 / d.choices.len() as f64).sum::<f64>() / docs.len().max(1) as f64
+            docs.iter()
+                .map(|d| 1.0 / d.choices.len() as f64)
+                .sum::<f64>()
+                / docs.len().max(1) as f64
         }
     }
 }

