@@ -62,6 +62,24 @@ pub struct Args {
 }
 
 pub fn run(a: &Args) -> Result<()> {
+    let names: Vec<&str> = if a.tasks.iter().any(|t| t == "all") {
+        task::TASK_NAMES.to_vec()
+    } else {
+        a.tasks.iter().map(String::as_str).collect()
+    };
+    let specs = names
+        .iter()
+        .map(|n| TaskSpec::named(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let data_dir = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(tern_eval::default_data_dir);
+    // Every task's data is read before the model, so a missing file fails at once.
+    let docs = specs
+        .iter()
+        .map(|s| task::load(s, &data_dir))
+        .collect::<Result<Vec<_>, _>>()?;
     let (threads, note) = resolve_threads(a.m.threads);
     if let Some(n) = note {
         eprintln!("tern: {n}");
@@ -100,24 +118,6 @@ pub fn run(a: &Args) -> Result<()> {
         tokenizer,
         pool: &pool,
     };
-    let names: Vec<&str> = if a.tasks.iter().any(|t| t == "all") {
-        task::TASK_NAMES.to_vec()
-    } else {
-        a.tasks.iter().map(String::as_str).collect()
-    };
-    let specs = names
-        .iter()
-        .map(|n| TaskSpec::named(n))
-        .collect::<Result<Vec<_>, _>>()?;
-    let data_dir = a
-        .data_dir
-        .clone()
-        .unwrap_or_else(tern_eval::default_data_dir);
-    // Every task's data is read before anything runs, so a missing file fails at once.
-    let docs = specs
-        .iter()
-        .map(|s| task::load(s, &data_dir))
-        .collect::<Result<Vec<_>, _>>()?;
     let opts = Options {
         limit: a.limit,
         num_fewshot: a.num_fewshot,

@@ -92,7 +92,7 @@ pub struct TaskResult {
     pub perplexity: Option<Metric>,
     /// Accuracy of guessing uniformly.
     pub chance: f64,
-    /// Requests scored and tokens run (context and continuation, as a naive loop runs them).
+    /// Log-likelihood requests scored (one per choice).
     pub requests: usize,
     pub seconds: f64,
 }

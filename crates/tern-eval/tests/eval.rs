@@ -178,17 +178,18 @@ fn requests(s: &Session) -> Vec<Vec<Request>> {
 }
 
 fn score(s: &Session, groups: &[Vec<Request>], mode: Mode, max_rows: usize) -> Vec<Vec<Scored>> {
+    score_kv(s, groups, mode, max_rows, tern_model::KvType::F32)
+}
+
+fn score_kv(
+    s: &Session,
+    groups: &[Vec<Request>],
+    mode: Mode,
+    max_rows: usize,
+    kv: tern_model::KvType,
+) -> Vec<Vec<Scored>> {
     let model = &s.loaded.model;
-    let mut scorer = Scorer::new(
-        model,
-        &s.pool,
-        2,
-        tern_model::KvType::F32,
-        256,
-        max_rows,
-        mode,
-    )
-    .unwrap();
+    let mut scorer = Scorer::new(model, &s.pool, 2, kv, 256, max_rows, mode).unwrap();
     scorer.score(groups).unwrap()
 }
 
@@ -206,6 +207,16 @@ fn shared_prefix_batches_equal_each_request_alone_bit_for_bit() {
     // Group by group.
     for (g, n) in groups.iter().zip(&naive) {
         assert_eq!(&score(&s, std::slice::from_ref(g), Mode::Shared, 512)[0], n);
+    }
+    // The copied prefix of f16 and q8_0 caches too.
+    for kv in [tern_model::KvType::F16, tern_model::KvType::Q8] {
+        let naive = score_kv(&s, &groups, Mode::Naive, 512, kv);
+        assert_eq!(
+            score_kv(&s, &groups, Mode::Shared, 7, kv),
+            naive,
+            "{}",
+            kv.name()
+        );
     }
 }
 
