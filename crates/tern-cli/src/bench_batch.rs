@@ -18,7 +18,7 @@ use tern_model::{BatchScratch, KvCache, KvType, Model, SeqInput};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Shapes (700m, 1.3b, 2b4t, 3b, 7b, 13b, 30b, 70b).
+    /// Shapes (700m, 1.3b, 2b4t, 3b, 3.9b, 7b, 13b, 30b, 70b).
     #[arg(long, value_delimiter = ',', default_value = "3b,13b")]
     shapes: Vec<String>,
     /// Bytes for weights + KV cache, e.g. 20GiB.

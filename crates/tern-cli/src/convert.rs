@@ -13,7 +13,8 @@ pub struct Args {
     #[arg(value_name = "INPUT")]
     pub paths: Vec<PathBuf>,
     /// Instead of an input, a model of a named shape with random ternary weights (700m, 1.3b,
-    /// 2b4t, 3b, 7b, 13b, 30b, 70b), written layer by layer: a benchmark file peers can load.
+    /// 2b4t, 3b, 3.9b, 7b, 13b, 30b, 70b), written layer by layer (one block in memory at a
+    /// time, whatever the size): a benchmark file peers can load.
     #[arg(long)]
     pub shape: Option<String>,
     /// With --shape: the tokenizer (and vocab size) of this model, e.g. one of llama.cpp's

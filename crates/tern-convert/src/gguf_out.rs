@@ -110,7 +110,9 @@ pub fn write(
     let arch = arch_for(info, ty);
     let mut notes = Vec::new();
     let vocab = src.vocab(&mut notes)?;
-    let mut w = GgufWriter::new();
+    // Tensors go to a scratch file as they are made: a conversion holds one block in memory,
+    // whatever the model's size.
+    let mut w = GgufWriter::new().spill_near(out)?;
     let k = |s: &str| keys::arch(arch, s);
     let u32v = |x: usize, key: &str| -> Result<GgufValue, ConvertError> {
         u32::try_from(x)

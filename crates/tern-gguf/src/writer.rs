@@ -3,7 +3,8 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::io::{BufWriter, Write};
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use tern_io::AtomicFile;
@@ -23,17 +24,28 @@ struct PendingTensor<'a> {
     name: String,
     ty: GgmlType,
     dims: Vec<usize>,
+    /// The bytes, or nothing when the writer spills them to its scratch file.
     data: Cow<'a, [u8]>,
+    len: usize,
 }
 
 /// Builds a GGUF v3 file. Tensor bytes may be borrowed (e.g. from another file's mmap during
-/// conversion), so a writer holds at most the tensors the caller had to repack.
+/// conversion), so a writer holds at most the tensors the caller had to repack; a spilling
+/// writer ([`GgufWriter::spill_near`]) holds none.
 pub struct GgufWriter<'a> {
     alignment: usize,
     metadata: Vec<(String, GgufValue)>,
     keys: HashSet<String>,
     tensors: Vec<PendingTensor<'a>>,
     names: HashSet<String>,
+    spill: Option<Spill>,
+}
+
+/// The data section of a spilling writer, as it will be in the file (each tensor padded to
+/// the alignment), in an unlinked scratch file next to the target.
+struct Spill {
+    file: File,
+    target: String,
 }
 
 impl Default for GgufWriter<'_> {
@@ -58,7 +70,31 @@ impl<'a> GgufWriter<'a> {
             keys: HashSet::new(),
             tensors: Vec::new(),
             names: HashSet::new(),
+            spill: None,
         }
+    }
+
+    /// Keeps no tensor bytes in memory: each tensor is appended to an unlinked scratch file
+    /// in `target`'s directory as it is added, and [`GgufWriter::write`] copies that behind
+    /// the header (in the kernel: `copy_file_range`). The header's offsets depend on every
+    /// tensor, so the data cannot go straight to the file; this is how a model larger than
+    /// memory (a 70B TQ2_0 file is 18 GB) is written, at the cost of its size in free disk
+    /// space while writing. Call before adding tensors.
+    pub fn spill_near(mut self, target: &Path) -> Result<Self, GgufError> {
+        let file = target.display().to_string();
+        if !self.tensors.is_empty() {
+            return Err(err("spill_near must come before the first tensor".into()));
+        }
+        let scratch = tern_io::scratch_file_near(target).map_err(|source| GgufError::Io {
+            file: file.clone(),
+            op: "create scratch file",
+            source,
+        })?;
+        self.spill = Some(Spill {
+            file: scratch,
+            target: file,
+        });
+        Ok(self)
     }
 
     /// A writer with a custom alignment (a power of two), recorded as `general.alignment`
@@ -141,11 +177,27 @@ impl<'a> GgufWriter<'a> {
         if !self.names.insert(name.clone()) {
             return Err(terr("duplicate tensor name".to_string()));
         }
+        let len = data.len();
+        let data = match &mut self.spill {
+            None => data,
+            Some(sp) => {
+                let pad = len.div_ceil(self.alignment) * self.alignment - len;
+                let io = |source| GgufError::Io {
+                    file: sp.target.clone(),
+                    op: "write scratch file",
+                    source,
+                };
+                sp.file.write_all(&data).map_err(io)?;
+                sp.file.write_all(&vec![0u8; pad]).map_err(io)?;
+                Cow::Borrowed(&[][..])
+            }
+        };
         self.tensors.push(PendingTensor {
             name,
             ty,
             dims: dims.to_vec(),
             data,
+            len,
         });
         Ok(())
     }
@@ -201,6 +253,24 @@ impl<'a> GgufWriter<'a> {
 
     /// Serializes to any writer (the whole file, data section included).
     pub fn write_to(&self, out: &mut impl Write) -> std::io::Result<()> {
+        out.write_all(&self.header())?;
+        if let Some(sp) = &self.spill {
+            let mut data = &sp.file;
+            data.seek(SeekFrom::Start(0))?;
+            std::io::copy(&mut data, out)?;
+            return Ok(());
+        }
+        let zeros = vec![0u8; self.alignment];
+        for t in &self.tensors {
+            out.write_all(&t.data)?;
+            let pad = t.len.div_ceil(self.alignment) * self.alignment - t.len;
+            out.write_all(&zeros[..pad])?;
+        }
+        Ok(())
+    }
+
+    /// Magic, counts, metadata and tensor infos, padded to the alignment.
+    fn header(&self) -> Vec<u8> {
         let align = self.alignment;
         let mut header = Vec::new();
         header.extend_from_slice(GGUF_MAGIC);
@@ -221,17 +291,10 @@ impl<'a> GgufWriter<'a> {
             }
             header.extend_from_slice(&t.ty.id().to_le_bytes());
             header.extend_from_slice(&(offset as u64).to_le_bytes());
-            offset += t.data.len().div_ceil(align) * align;
+            offset += t.len.div_ceil(align) * align;
         }
         header.resize(header.len().div_ceil(align) * align, 0);
-        out.write_all(&header)?;
-        let zeros = vec![0u8; align];
-        for t in &self.tensors {
-            out.write_all(&t.data)?;
-            let pad = t.data.len().div_ceil(align) * align - t.data.len();
-            out.write_all(&zeros[..pad])?;
-        }
-        Ok(())
+        header
     }
 
     /// The whole file in memory (tests, small files).
@@ -253,10 +316,19 @@ impl<'a> GgufWriter<'a> {
             move |source| GgufError::Io { file, op, source }
         };
         let mut tmp = AtomicFile::create(path).map_err(io("create temp file"))?;
-        {
-            let mut w = BufWriter::with_capacity(1 << 20, tmp.file());
-            self.write_to(&mut w).map_err(io("write"))?;
-            w.flush().map_err(io("write"))?;
+        match &self.spill {
+            None => {
+                let mut w = BufWriter::with_capacity(1 << 20, tmp.file());
+                self.write_to(&mut w).map_err(io("write"))?;
+                w.flush().map_err(io("write"))?;
+            }
+            Some(sp) => {
+                tmp.file().write_all(&self.header()).map_err(io("write"))?;
+                let mut data = &sp.file;
+                data.seek(SeekFrom::Start(0))
+                    .map_err(io("read scratch file"))?;
+                std::io::copy(&mut data, tmp.file()).map_err(io("copy scratch file"))?;
+            }
         }
         tmp.commit().map_err(io("fsync and rename"))
     }

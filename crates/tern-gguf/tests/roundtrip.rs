@@ -130,6 +130,39 @@ fn writer_rejects_bad_input() {
         .is_err());
 }
 
+/// A spilling writer (tensor bytes in an unlinked scratch file, not in memory) writes the same
+/// bytes as one that holds them, and leaves nothing but the file behind; dropped unwritten,
+/// it leaves nothing at all.
+#[test]
+fn spilling_writer_writes_the_same_file() {
+    let dir = TempDir::new("spill");
+    let path = dir.join("s.gguf");
+    let w = fill_sample(GgufWriter::new().spill_near(&path).unwrap());
+    w.write(&path).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), sample_writer().to_bytes());
+    assert_eq!(w.to_bytes(), sample_writer().to_bytes());
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("s.gguf")]);
+    drop(w);
+    let other = dir.join("t.gguf");
+    drop(fill_sample(GgufWriter::new().spill_near(&other).unwrap()));
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    // A writer spills from its first tensor on, or not at all.
+    let mut w = GgufWriter::new();
+    w.add_f32("x", GgmlType::F32, &[1], &[1.0]).unwrap();
+    assert!(w.spill_near(&other).is_err());
+    // A directory that does not exist is an error naming the target.
+    let e = GgufWriter::new()
+        .spill_near(&dir.join("no/such/x.gguf"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("no/such/x.gguf"), "{e}");
+}
+
 #[test]
 fn failed_write_leaves_no_temp_file_and_keeps_the_old_file() {
     let dir = TempDir::new("atomic");

@@ -67,6 +67,20 @@ impl Drop for AtomicFile {
     }
 }
 
+/// A scratch file next to `target` (same file system), opened for reading and writing and
+/// already unlinked: it has no name to leave behind, and its space is freed when the handle
+/// closes, whatever ends the process.
+pub fn scratch_file_near(target: &Path) -> io::Result<File> {
+    let path = temp_sibling(target)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    fs::remove_file(&path)?;
+    Ok(file)
+}
+
 /// A directory being filled under a temporary name next to its target; [`AtomicDir::commit`]
 /// fsyncs what was written into it and renames it into place. Dropped without a commit, the
 /// temporary directory and everything in it is removed.

@@ -84,7 +84,11 @@ pub fn random_blocks(ty: GgmlType, n: usize, seed: u64) -> Vec<u8> {
 
 /// A small valid file with every KV type and every tensor type.
 pub fn sample_writer() -> GgufWriter<'static> {
-    let mut w = GgufWriter::new();
+    fill_sample(GgufWriter::new())
+}
+
+/// Every metadata type and tensor type of [`sample_writer`], added to `w`.
+pub fn fill_sample(mut w: GgufWriter<'static>) -> GgufWriter<'static> {
     for (k, v) in all_kv() {
         w.add_kv(k, v).unwrap();
     }
