@@ -212,7 +212,7 @@ impl<'m> Scorer<'m> {
                 let prefix: Vec<usize> = inputs
                     .iter()
                     .map(|g| {
-                        let (t0, _) = &g[0];
+                        let Some((t0, _)) = g.first() else { return 0 };
                         let mut p = g.iter().map(|(_, f)| *f).min().unwrap_or(0);
                         for (t, _) in &g[1..] {
                             p = p.min(t.iter().zip(t0).take_while(|(a, b)| a == b).count());

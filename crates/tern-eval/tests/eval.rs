@@ -208,6 +208,13 @@ fn shared_prefix_batches_equal_each_request_alone_bit_for_bit() {
     for (g, n) in groups.iter().zip(&naive) {
         assert_eq!(&score(&s, std::slice::from_ref(g), Mode::Shared, 512)[0], n);
     }
+    // A document with no requests scores nothing (and does not stop the others).
+    let mut with_empty = groups.clone();
+    with_empty.insert(1, Vec::new());
+    let got = score(&s, &with_empty, Mode::Shared, 512);
+    assert!(got[1].is_empty());
+    assert_eq!(got[0], naive[0]);
+    assert_eq!(got[2..], naive[1..]);
     // The copied prefix of f16 and q8_0 caches too.
     for kv in [tern_model::KvType::F16, tern_model::KvType::Q8] {
         let naive = score_kv(&s, &groups, Mode::Naive, 512, kv);
