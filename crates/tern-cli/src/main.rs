@@ -7,6 +7,7 @@ mod bench_paper;
 mod bench_serve;
 mod convert;
 mod counters;
+mod eval;
 mod perplexity;
 mod plot;
 mod run;
@@ -36,6 +37,9 @@ enum Command {
     Train(train::Args),
     /// Perplexity of a model on a text (non-overlapping windows, as `tern train eval`).
     Perplexity(perplexity::Args),
+    /// Zero-shot task accuracy with lm-evaluation-harness's definitions (ARC, HellaSwag,
+    /// BoolQ, OpenBookQA, PIQA, WinoGrande, SciQ, LAMBADA; docs/eval.md).
+    Eval(eval::Args),
     /// Post-training quantization of an FP training run (ternary or 4-bit), for comparison.
     Quantize(train::QuantizeArgs),
     /// Training and validation loss of several runs on one chart (PNG).
@@ -78,6 +82,7 @@ fn main() {
         Command::Train(a) => train::run(&a),
         Command::Plot(a) => plot::run(&a),
         Command::Perplexity(a) => perplexity::run(&a),
+        Command::Eval(a) => eval::run(&a),
         Command::Quantize(a) => train::quantize(&a),
         Command::Convert(a) => convert::run(&a),
         Command::Serve(a) => serve::run(&a),

@@ -574,3 +574,72 @@ fn convert_into_a_missing_directory_is_an_error_for_both_outputs() {
         assert!(!tmp.join("no").exists(), "nothing is created");
     }
 }
+
+/// `tern eval` on hand-built task files (plain JSON Lines under the fetched files' names) and
+/// the bundled model: the table, one sample line per document, the same numbers with
+/// `--naive`; a missing task file is one error line naming it and the fetch command.
+#[test]
+fn eval_scores_hand_built_tasks_and_names_missing_data() {
+    let data = TempDir::new("eval-cli");
+    let lines = [
+        (
+            "piqa/rc_0shot",
+            r#"{"doc": {"goal": "How do I open a jar?", "sol1": "Twist the lid.", "sol2": "Paint the lid.", "label": 0}, "doc_id": 0}"#,
+        ),
+        (
+            "piqa/rc_0shot",
+            r#"{"doc": {"goal": "How do I cool soup?", "sol1": "Let it stand.", "sol2": "Boil it.", "label": 0}, "doc_id": 1}"#,
+        ),
+        (
+            "winogrande/rc_0shot",
+            r#"{"doc": {"sentence": "The trophy did not fit in the case because _ was too big.", "option1": "the trophy", "option2": "the case", "answer": "1"}, "doc_id": 0}"#,
+        ),
+    ];
+    for (dir, line) in lines {
+        let d = data.join(dir);
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("requests.jsonl.gz");
+        let mut text = std::fs::read_to_string(&f).unwrap_or_default();
+        text.push_str(line);
+        text.push('\n');
+        std::fs::write(f, text).unwrap();
+    }
+    let d = data.path().to_str().unwrap();
+    let samples = data.join("s.jsonl");
+    let (ok, out, err) = tern(&[
+        "eval",
+        "--tasks",
+        "piqa,winogrande",
+        "--data-dir",
+        d,
+        "--threads",
+        "2",
+        "--log-samples",
+        samples.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("| piqa | 2 | 0 |"), "{out}");
+    assert!(out.contains("| winogrande | 1 | 0 |"), "{out}");
+    let logged = std::fs::read_to_string(&samples).unwrap();
+    assert_eq!(logged.lines().count(), 3, "{logged}");
+    let (ok, naive, err) = tern(&[
+        "eval",
+        "--tasks",
+        "piqa,winogrande",
+        "--data-dir",
+        d,
+        "--naive",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(naive, out, "the naive loop gives the same table");
+
+    let (ok, _, err) = tern(&["eval", "--tasks", "boolq", "--data-dir", d]);
+    assert!(!ok);
+    let err: String = err
+        .lines()
+        .filter(|l| !l.starts_with("tern: no model given"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_one_error_line(&err, "boolq/rc_0shot/requests.jsonl.gz");
+    assert!(err.contains("fetch_eval_data.py --tasks"), "{err}");
+}

@@ -250,6 +250,64 @@ impl KvCache {
     pub fn truncate(&mut self, pos: usize) {
         self.pos = self.pos.min(pos);
     }
+    /// Makes this cache hold the first `len` positions of `src` (a shared prompt forked into
+    /// several continuations): its keys and values copied, bit for bit, and the rest of this
+    /// cache forgotten. The caches may differ in capacity, not in model shape or element type.
+    pub fn copy_prefix_from(&mut self, src: &KvCache, len: usize) -> Result<(), ModelError> {
+        if (self.layers, self.kv_dim, self.head_dim) != (src.layers, src.kv_dim, src.head_dim)
+            || self.kv_type() != src.kv_type()
+        {
+            return Err(ModelError::Other(format!(
+                "copying a KV cache of {} layers x {} {} values per position into one of {} x {} {}",
+                src.layers,
+                src.kv_dim,
+                src.kv_type().name(),
+                self.layers,
+                self.kv_dim,
+                self.kv_type().name()
+            )));
+        }
+        if len > src.pos || len > self.capacity {
+            return Err(ModelError::Other(format!(
+                "copying {len} KV positions from a cache holding {} into one of {}",
+                src.pos, self.capacity
+            )));
+        }
+        let heads = self.layers * (self.kv_dim / self.head_dim);
+        let hd = self.head_dim;
+        // `[layer][kv head][capacity][head_dim]`: one run of `len * head_dim` values per head.
+        fn copy<T: Copy>(
+            dst: &mut [T],
+            dcap: usize,
+            src: &[T],
+            scap: usize,
+            heads: usize,
+            n: usize,
+        ) {
+            for h in 0..heads {
+                dst[h * dcap..h * dcap + n].copy_from_slice(&src[h * scap..h * scap + n]);
+            }
+        }
+        let (dcap, scap) = (self.capacity * hd, src.capacity * hd);
+        match (&mut self.data, &src.data) {
+            (KvData::F32 { k, v }, KvData::F32 { k: sk, v: sv }) => {
+                copy(k, dcap, sk, scap, heads, len * hd);
+                copy(v, dcap, sv, scap, heads, len * hd);
+            }
+            (KvData::F16 { k, v }, KvData::F16 { k: sk, v: sv }) => {
+                copy(k, dcap, sk, scap, heads, len * hd);
+                copy(v, dcap, sv, scap, heads, len * hd);
+            }
+            (KvData::Q8 { k, v }, KvData::Q8 { k: sk, v: sv }) => {
+                let b = Q8Block::LEN;
+                copy(k, dcap / b, sk, scap / b, heads, len * hd / b);
+                copy(v, dcap / b, sv, scap / b, heads, len * hd / b);
+            }
+            _ => unreachable!("types compared above"),
+        }
+        self.pos = len;
+        Ok(())
+    }
     /// Fills positions `0..len` with random keys and values in [-1, 1) (rounded to the cache's
     /// type) and sets the cache to hold `len` tokens: for benchmarks of decode at a depth
     /// (attention's work does not depend on the values) without running a long prefill.
