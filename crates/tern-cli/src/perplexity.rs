@@ -91,14 +91,7 @@ pub fn run(a: &Args) -> Result<()> {
         s.state.reset();
         let logits = s.logits_all(&window[..ctx])?;
         for (i, row) in logits.chunks(v).enumerate() {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-            let lse = row
-                .iter()
-                .map(|&x| (x as f64 - max).exp())
-                .sum::<f64>()
-                .ln()
-                + max;
-            nll += lse - row[window[i + 1] as usize] as f64;
+            nll += token_nll(row, window[i + 1]);
             count += 1;
         }
     }
